@@ -23,8 +23,9 @@ from pydantic_settings import (
 )
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
-PROFILES = ("low_latency", "balanced", "high_throughput", "cpu", "test")
-DEFAULT_PROFILE = "balanced"
+ProfileName = Literal["low_latency", "balanced", "high_throughput", "cpu", "test"]
+PROFILES: tuple[ProfileName, ...] = ("low_latency", "balanced", "high_throughput", "cpu", "test")
+DEFAULT_PROFILE: ProfileName = "balanced"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -102,7 +103,7 @@ class IndexSettings(_Section):
     """Default folder `make ingest` reads."""
     index_dir: Path = Path("data/index")
     """Persistent index folder: Chroma, BM25, docstore and manifest."""
-    collection: str = Field("documents", min_length=3, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]+[A-Za-z0-9]$")
+    collection: str = Field("documents", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
     """Chroma collection name."""
     chunk_size: int = Field(384, ge=32, le=8192)
     """Chunk size in tokens."""
@@ -218,7 +219,7 @@ class Settings(BaseSettings):
         use_attribute_docstrings=True,
     )
 
-    profile: Literal["low_latency", "balanced", "high_throughput", "cpu", "test"] = DEFAULT_PROFILE
+    profile: ProfileName = DEFAULT_PROFILE
     """Active profile: a YAML file in `config/profiles/` layered on `base.yaml`."""
     serving: ServingSettings = Field(default_factory=ServingSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
@@ -249,7 +250,7 @@ def load_settings(profile: str | None = None, **overrides: Any) -> Settings:
     if profile is not None:
         overrides["profile"] = profile
     try:
-        return Settings(**overrides)
+        return Settings(**overrides)  # profile is checked by _ProfileYamlSource
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
 

@@ -1,0 +1,109 @@
+"""The settings object: profiles layer on base, env overrides, and bad input fails loudly."""
+
+from __future__ import annotations
+
+import pytest
+
+from config import PROFILES, SettingsError, load_settings
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_loads_and_is_named(profile: str) -> None:
+    settings = load_settings(profile)
+    assert settings.profile == profile
+
+
+def test_profiles_differ_the_way_their_names_say() -> None:
+    low, bal, high = (load_settings(p).serving for p in ("low_latency", "balanced", "high_throughput"))
+    assert low.speculative_method == "ngram"
+    assert bal.speculative_method == "off" and high.speculative_method == "off"
+    assert low.max_num_seqs < bal.max_num_seqs < high.max_num_seqs
+    assert low.max_num_batched_tokens < bal.max_num_batched_tokens < high.max_num_batched_tokens
+
+
+def test_profile_overrides_only_what_it_names() -> None:
+    base_defaults = load_settings("balanced")
+    cpu = load_settings("cpu")
+    assert cpu.serving.device == "cpu"
+    assert cpu.serving.tool_call_parser == base_defaults.serving.tool_call_parser
+    assert cpu.index.embed_model == base_defaults.index.embed_model
+
+
+def test_env_overrides_profile_and_nested_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_PROFILE", "low_latency")
+    monkeypatch.setenv("RAG_SERVING__PORT", "8123")
+    monkeypatch.setenv("RAG_INDEX__TOP_K", "9")
+    settings = load_settings()
+    assert settings.profile == "low_latency"
+    assert settings.serving.port == 8123
+    assert settings.index.top_k == 9
+    # the profile's own values still apply where env is silent
+    assert settings.serving.speculative_method == "ngram"
+
+
+def test_keyword_overrides_beat_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_SERVING__PORT", "8123")
+    assert load_settings("test", serving={"port": 9001}).serving.port == 9001
+
+
+def test_unknown_profile_names_the_allowed_ones() -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings("fastest")
+    message = str(err.value)
+    assert "fastest" in message
+    for name in PROFILES:
+        assert name in message
+
+
+def test_unknown_profile_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_PROFILE", "turbo")
+    with pytest.raises(SettingsError, match="turbo"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "field"),
+    [
+        ("RAG_SERVING__PORT", "70000", "serving.port"),
+        ("RAG_SERVING__QUANTIZATION", "awqq", "serving.quantization"),
+        ("RAG_SERVING__GPU_MEMORY_UTILIZATION", "1.5", "serving.gpu_memory_utilization"),
+        ("RAG_CACHE__SIMILARITY_THRESHOLD", "0.1", "cache.similarity_threshold"),
+        ("RAG_INDEX__CHUNK_SIZE", "many", "index.chunk_size"),
+    ],
+)
+def test_invalid_value_names_the_field(monkeypatch: pytest.MonkeyPatch, env: str, value: str, field: str) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(SettingsError) as err:
+        load_settings("balanced")
+    assert field in str(err.value)
+
+
+def test_invalid_literal_lists_allowed_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_SERVING__QUANTIZATION", "awqq")
+    with pytest.raises(SettingsError) as err:
+        load_settings("balanced")
+    for allowed in ("awq", "gptq", "fp8"):
+        assert allowed in str(err.value)
+
+
+def test_unknown_field_is_rejected() -> None:
+    with pytest.raises(SettingsError, match=r"serving\.not_a_flag"):
+        load_settings("balanced", serving={"not_a_flag": 1})
+
+
+def test_secrets_are_not_printed() -> None:
+    settings = load_settings("balanced", api={"api_key": "s3cret-value"})
+    assert "s3cret-value" not in repr(settings)
+    assert settings.api.api_key is not None
+    assert settings.api.api_key.get_secret_value() == "s3cret-value"
+
+
+def test_every_field_is_documented() -> None:
+    settings = load_settings("balanced")
+    for section_name in type(settings).model_fields:
+        section = getattr(settings, section_name)
+        fields = getattr(type(section), "model_fields", None)
+        if fields is None:
+            continue
+        for name, info in fields.items():
+            assert info.description, f"{section_name}.{name} has no docstring"
