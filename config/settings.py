@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -134,12 +134,12 @@ class IndexSettings(_Section):
 class LLMSettings(_Section):
     """How the chains reach the model: the OpenAI-compatible HTTP API only."""
 
-    base_url: str = "http://127.0.0.1:8000/v1"
-    """OpenAI base URL of the vLLM server (or any compatible server)."""
+    base_url: str | None = None
+    """OpenAI base URL of the model server; unset means the local engine (`serving.host:port`)."""
     api_key: SecretStr = SecretStr("EMPTY")
     """API key sent to the model server."""
-    model: str = Field("rag-model", min_length=1)
-    """Model name sent in requests (the server's served model name)."""
+    model: str | None = None
+    """Model name sent in requests; unset means `serving.served_model_name`."""
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     """Sampling temperature; 0 keeps answers deterministic and cacheable."""
     max_tokens: int = Field(512, ge=1, le=32768)
@@ -239,6 +239,16 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         assert isinstance(init_settings, InitSettingsSource)
         return (init_settings, env_settings, _ProfileYamlSource(settings_cls, init_settings))
+
+    @model_validator(mode="after")
+    def _point_llm_at_local_engine(self) -> Settings:
+        """Unless told otherwise, the chains talk to the engine `make serve` starts."""
+        if self.llm.base_url is None:
+            host = "127.0.0.1" if self.serving.host in ("0.0.0.0", "::") else self.serving.host
+            self.llm.base_url = f"http://{host}:{self.serving.port}/v1"
+        if self.llm.model is None:
+            self.llm.model = self.serving.served_model_name
+        return self
 
     def resolve(self, path: Path) -> Path:
         """Relative data paths are relative to the repository root, not the caller's cwd."""

@@ -107,3 +107,12 @@ def test_every_field_is_documented() -> None:
             continue
         for name, info in fields.items():
             assert info.description, f"{section_name}.{name} has no docstring"
+
+
+def test_llm_follows_the_local_engine_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_SERVING__PORT", "8123")
+    settings = load_settings("cpu")
+    assert settings.llm.base_url == "http://127.0.0.1:8123/v1"
+    assert settings.llm.model == settings.serving.served_model_name
+    monkeypatch.setenv("RAG_LLM__BASE_URL", "http://10.0.0.5:9000/v1")
+    assert load_settings("cpu").llm.base_url == "http://10.0.0.5:9000/v1"
