@@ -14,11 +14,10 @@ ENGINE_REQ  := $(if $(HAS_GPU),requirements/engine-gpu.txt,requirements/engine-c
 DOCS        ?=
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
-export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
 
-.PHONY: help install tiny-model demo serve serve-start serve-stop ingest stats app test test-fast lint \
+.PHONY: help install tiny-model demo serve serve-start serve-stop serve-status serve-command serve-check ingest stats app test test-fast lint \
         bench bench-serve bench-ingest eval-retrieval bench-chains clean
 
 help: ## Show this help
@@ -57,6 +56,15 @@ serve-start: install ## Start the vLLM server in the background and wait until i
 
 serve-stop: ## Stop a background vLLM server started by serve-start
 	$(PY) -m serving stop
+
+serve-status: ## Is the background vLLM engine up and healthy?
+	$(PY) -m serving status $(if $(PROFILE),--profile $(PROFILE))
+
+serve-command: ## Print the vLLM command the profile renders (PROFILE=..., DEVICE=cpu|cuda)
+	$(PY) -m serving command $(if $(PROFILE),--profile $(PROFILE)) $(if $(DEVICE),--device $(DEVICE))
+
+serve-check: install ## Validate that command offline with vLLM's own parser (PROFILE=..., DEVICE=cpu|cuda)
+	$(PY) -m serving check $(if $(PROFILE),--profile $(PROFILE)) $(if $(DEVICE),--device $(DEVICE))
 
 demo: install ## The main job on a fresh machine: build the offline model if needed, start the engine, chat
 	$(PY) -m serving start --profile $(or $(PROFILE),cpu)

@@ -94,6 +94,12 @@ class ServingSettings(_Section):
     """How long `make serve` waits for `/health` before giving up."""
     extra_args: list[str] = Field(default_factory=list)
     """Further vLLM flags, appended verbatim (validated like the rest)."""
+    engine_python: Path = Path(".venv-vllm/bin/python")
+    """Python of the engine environment that runs vLLM (relative paths are from the repo root)."""
+    shutdown_grace_s: float = Field(15.0, ge=1, le=300)
+    """How long a stopping engine gets after SIGTERM before its process group is killed."""
+    run_dir: Path = Path(".run")
+    """Engine logs and the pid file of a background engine (relative paths are from the repo root)."""
 
 
 class IndexSettings(_Section):
@@ -115,6 +121,8 @@ class IndexSettings(_Section):
     """Chunks embedded per batch."""
     max_file_mb: float = Field(50.0, gt=0, le=4096)
     """Files larger than this are skipped with a reason."""
+    commit_chars: int = Field(500_000, ge=1_000, le=1_000_000_000)
+    """Extracted text (characters) embedded and committed together; a killed ingest redoes at most this much."""
     chroma_mode: Literal["embedded", "http"] = "embedded"
     """`embedded` (one writer, on disk) or `http` (a Chroma server shared by processes/hosts)."""
     chroma_host: str = "127.0.0.1"
@@ -129,6 +137,10 @@ class IndexSettings(_Section):
     """Candidates taken from each of dense and BM25 before fusion."""
     rrf_k: int = Field(60, ge=1, le=1000)
     """Reciprocal-rank-fusion constant."""
+    fusion: Literal["convex", "rrf"] = "convex"
+    """Hybrid merge: `convex` (weighted scores; beat both halves on SQuAD) or `rrf` (reciprocal rank fusion)."""
+    dense_weight: float = Field(0.5, ge=0.0, le=1.0)
+    """Convex fusion: weight of the cosine similarity; BM25, scaled by the query's best BM25 score, gets the rest."""
 
 
 class LLMSettings(_Section):
@@ -163,6 +175,8 @@ class ChainSettings(_Section):
     """Longer questions are truncated to this with a notice."""
     conversations_db: Path = Path("data/conversations.sqlite")
     """SQLite file holding conversations."""
+    max_model_calls: int = Field(3, ge=1, le=20)
+    """Model calls per turn; the last one gets no tools, so a turn ends with an answer."""
 
 
 class CacheSettings(_Section):
@@ -176,6 +190,23 @@ class CacheSettings(_Section):
     """Cosine similarity a cached question needs to count as the same question."""
     ttl_s: int = Field(86400, ge=1, le=31536000)
     """Seconds a cached answer stays valid."""
+    guards: tuple[Literal["numbers", "negation", "entities", "opposites"], ...] = (
+        "numbers",
+        "negation",
+        "entities",
+        "opposites",
+    )
+    """Checks a hit must also pass (chains/cache_guards.py): differing numbers, negation, names, opposites."""
+    top_k: int = Field(5, ge=1, le=100)
+    """Nearest cached questions examined per lookup; the closest one passing every check is the hit."""
+    max_entries: int = Field(10000, ge=10, le=10_000_000)
+    """Answers kept per scope; beyond this the least recently used are evicted."""
+    max_scopes: int = Field(8, ge=1, le=1000)
+    """Scope folders (index version x model x prompt version) kept on disk; older ones are deleted."""
+    ambiguity_margin: float = Field(0.02, ge=0.0, le=0.2)
+    """A hit must beat the next different cached question by this much cosine; closer calls are misses."""
+    verify_with_model: bool = False
+    """Ask the served model to confirm each hit (one short extra model call per hit; worth it on a real model)."""
 
 
 class ApiSettings(_Section):

@@ -1,0 +1,64 @@
+"""Session fixtures shared by every part: the offline tiny model and one real vLLM CPU server.
+
+`vllm_server` starts the real engine (test profile, tiny model, free loopback port) once per test
+session and stops it at the end. Set `RAG_TEST_LLM_URL=http://127.0.0.1:PORT/v1` to reuse a
+server you already run (e.g. `RAG_SERVING__PORT=PORT make serve PROFILE=test`) instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from config import load_settings
+from serving.launch import EngineServer, free_port, group_pids
+from serving.tiny_model import DEFAULT_DIR, build_tiny_model
+
+
+@dataclass(frozen=True)
+class LLMServer:
+    """What tests need of a running OpenAI-compatible server."""
+
+    base_url: str
+    """OpenAI base URL, ending in `/v1`."""
+    model: str
+    """Served model name to put in requests."""
+
+    @property
+    def root_url(self) -> str:
+        return self.base_url.removesuffix("/").removesuffix("/v1")
+
+    def metrics(self) -> str:
+        response = httpx.get(f"{self.root_url}/metrics", timeout=10.0)
+        response.raise_for_status()
+        return response.text
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    """The offline tiny chat model folder, built on first use (a few seconds)."""
+    build_tiny_model(DEFAULT_DIR)
+    return DEFAULT_DIR
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_path: Path) -> Iterator[LLMServer]:
+    external = os.environ.get("RAG_TEST_LLM_URL")
+    if external:
+        base_url = external.rstrip("/")
+        models = httpx.get(f"{base_url}/models", timeout=10.0).raise_for_status().json()
+        yield LLMServer(base_url=base_url, model=models["data"][0]["id"])
+        return
+    settings = load_settings("test", serving={"host": "127.0.0.1", "port": free_port(), "model": str(tiny_model_path)})
+    server = EngineServer(settings.serving).start()
+    pgid = server.pid
+    try:
+        yield LLMServer(base_url=server.base_url, model=settings.serving.served_model_name)
+    finally:
+        server.stop()
+    assert pgid is not None and not group_pids(pgid), "engine processes left behind after stop()"
