@@ -14,6 +14,10 @@ TORCH       := torch==2.13.0
 HAS_GPU     := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 ENGINE_REQ  := $(if $(HAS_GPU),requirements/engine-gpu.txt,requirements/engine-cpu.lock)
 DOCS        ?=
+# The demo runs the cpu profile without a GPU; questions asked when stdin is not a terminal:
+DEMO_PROFILE ?= $(or $(PROFILE),$(if $(HAS_GPU),balanced,cpu))
+DEMO_QUESTION_1 := How do I add my own documents to the index?
+DEMO_QUESTION_2 := Which file formats can it read?
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export TOKENIZERS_PARALLELISM ?= false
@@ -68,15 +72,18 @@ serve-command: ## Print the vLLM command the profile renders (PROFILE=..., DEVIC
 serve-check: install ## Validate that command offline with vLLM's own parser (PROFILE=..., DEVICE=cpu|cuda)
 	$(PY) -m serving check $(if $(PROFILE),--profile $(PROFILE)) $(if $(DEVICE),--device $(DEVICE))
 
-demo: install ## The main job on a fresh machine: build the offline model if needed, start the engine, chat
-	$(PY) -m serving start --profile $(or $(PROFILE),cpu)
-	$(PY) -m serving demo --profile $(or $(PROFILE),cpu)
+demo: install ## The main job on a fresh machine: build the offline model if needed, start the engine, index the sample docs, chat
+	$(PY) -m serving start --profile $(DEMO_PROFILE)
+	$(PY) -m indexing --profile $(DEMO_PROFILE) ingest
+	@if [ -t 0 ]; then $(PY) -m chains --profile $(DEMO_PROFILE) chat; \
+	else printf '%s\n' "$(DEMO_QUESTION_1)" "$(DEMO_QUESTION_2)" | $(PY) -m chains --profile $(DEMO_PROFILE) chat; fi
+	@echo "The engine keeps running in the background: 'make serve-stop' stops it."
 
 ingest: $(VENV)/.installed ## Index documents into data/index (DOCS="path ..." to choose; default data/docs)
-	$(PY) -m indexing ingest $(DOCS)
+	$(PY) -m indexing $(if $(PROFILE),--profile $(PROFILE)) ingest $(DOCS)
 
 stats: $(VENV)/.installed ## Show index statistics
-	$(PY) -m indexing stats
+	$(PY) -m indexing $(if $(PROFILE),--profile $(PROFILE)) stats
 
 app: ## The Streamlit chat UI (not yet built)
 	@echo "make app: the Streamlit UI is not built yet" >&2; exit 2

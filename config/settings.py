@@ -186,8 +186,8 @@ class CacheSettings(_Section):
     """Answer repeated and paraphrased questions from the cache."""
     dir: Path = Path("data/cache")
     """Cache store folder."""
-    similarity_threshold: float = Field(0.90, ge=0.5, le=1.0)
-    """Cosine similarity a cached question needs to count as the same question."""
+    similarity_threshold: float = Field(0.85, ge=0.5, le=1.0)
+    """Cosine a cached question needs to count as the same question (0.85: from bench/cache_precision.py)."""
     ttl_s: int = Field(86400, ge=1, le=31536000)
     """Seconds a cached answer stays valid."""
     guards: tuple[Literal["numbers", "negation", "entities", "opposites"], ...] = (

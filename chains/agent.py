@@ -1,0 +1,405 @@
+"""`RagAgent`: answers questions from the index, streaming, with citations, memory and a cache.
+
+A turn: validate the question; rewrite a follow-up into a standalone question (skipped without
+history); look it up in the semantic cache; retrieve passages; run the LangChain agent with those
+passages already in its first prompt; stream its text; store the turn in the conversation and the
+answer in the cache. When the model server cannot answer, the turn still returns, within the
+configured timeout, the top passages with citations, marked `retrieval_only`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+from langchain.agents import create_agent
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
+
+from chains.condense import condense_question, has_turns
+from chains.context import PassageRegistry, TurnContext
+from chains.conversations import Conversations, open_checkpointer, thread_config
+from chains.llm import endpoint, idle_limited, make_chat_model, unavailable_reason, within
+from chains.loop_thread import LoopThread
+from chains.middleware import (
+    ContextPrefetchMiddleware,
+    SearchBudgetMiddleware,
+    SummaryMemoryMiddleware,
+    TimingMiddleware,
+)
+from chains.prompts import PROMPT_VERSION, SYSTEM_PROMPT, retrieval_only_answer
+from chains.questions import conversation_id_or_new, prepare_question
+from chains.results import Source, TurnResult
+from chains.tools import make_search_tool
+from chains.trace import LLMCallTracer, TurnTrace
+from config.settings import Settings
+
+if TYPE_CHECKING:
+    from chains.cache import CacheHit, CacheScope, CacheStats, SemanticCache
+    from indexing.retrieval import HybridRetriever
+
+logger = logging.getLogger(__name__)
+
+Piece = str | TurnResult
+
+
+class RagAgent:
+    """Chat with the indexed documents. Build with `RagAgent.from_settings(settings)`.
+
+    Every method takes a question and an optional conversation id (None starts a new
+    conversation; the id comes back in the result). `stream`/`astream` yield text pieces and
+    end with the `TurnResult`. Safe to share between threads and event loops; `close()` it (or
+    use it as a context manager) when done.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        retriever: HybridRetriever,
+        chat_model: BaseChatModel,
+        cache: SemanticCache | None,
+    ) -> None:
+        self._settings = settings
+        self._base_url, self._model_name = endpoint(settings.llm)
+        self._retriever = retriever
+        self._model = chat_model
+        self._cache = cache
+        self._tools = [make_search_tool(retriever, settings.index.top_k)]
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._uncached_s: deque[float] = deque(maxlen=100)
+        self._owned: list[object] = []  # parts from_settings built, closed with the agent
+        self._owned_clients: list[Any] = []  # async HTTP clients of those parts, closed on the loop
+        self._runner = LoopThread(name="rag-agent")
+        try:
+            self._saver = self._runner.run(open_checkpointer(settings.resolve(settings.chains.conversations_db)))
+            self._graph = self._build_graph()
+        except BaseException:
+            self._runner.close()
+            raise
+        self._conversations = Conversations(self._graph)
+
+    def _build_graph(self) -> Any:
+        """The LangChain agent: one search tool, middleware outermost first, SQLite-checkpointed."""
+        chains = self._settings.chains
+        return create_agent(
+            self._model,
+            self._tools,
+            system_prompt=SYSTEM_PROMPT,
+            middleware=[
+                TimingMiddleware(),
+                SummaryMemoryMiddleware(
+                    self._model,
+                    history_token_budget=chains.history_token_budget,
+                    keep_last_messages=chains.keep_last_messages,
+                ),
+                SearchBudgetMiddleware(chains.max_model_calls),
+                ContextPrefetchMiddleware(),
+            ],
+            context_schema=TurnContext,
+            checkpointer=self._saver,
+            name="rag_agent",
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        retriever: HybridRetriever | None = None,
+        chat_model: BaseChatModel | None = None,
+        cache: SemanticCache | None = None,
+    ) -> RagAgent:
+        """The agent the settings describe; pass parts to replace the ones it would build."""
+        owned: list[object] = []
+        if retriever is None:
+            from indexing.retrieval import open_retriever
+
+            retriever = open_retriever(settings.index)
+            owned.append(retriever)
+        if cache is None and settings.cache.enabled:
+            from chains.cache import SemanticCache
+
+            cache = SemanticCache.from_settings(
+                settings.cache, settings.index.embed_model, settings.index.embed_batch_size
+            )
+            owned.append(cache)
+        clients: list[Any] = []
+        if chat_model is None:
+            chat_model = make_chat_model(settings.llm)
+            clients.append(chat_model.http_async_client)
+        agent = cls(settings, retriever=retriever, chat_model=chat_model, cache=cache)
+        agent._owned, agent._owned_clients = owned, clients
+        return agent
+
+    # Public API: every method runs the one async pipeline, `_turn`, on the agent's loop.
+
+    def invoke(self, question: str, conversation_id: str | None = None, *, use_cache: bool = True) -> TurnResult:
+        return self._runner.run(self._result(question, conversation_id, use_cache))
+
+    async def ainvoke(self, question: str, conversation_id: str | None = None, *, use_cache: bool = True) -> TurnResult:
+        return await self._runner.arun(self._result(question, conversation_id, use_cache))
+
+    def stream(self, question: str, conversation_id: str | None = None, *, use_cache: bool = True) -> Iterator[Piece]:
+        """Text pieces as they are generated, then the `TurnResult`. Read to the end: the turn is
+        stored in the conversation (and the cache) before the result is yielded."""
+        return self._runner.iterate(self._turn(question, conversation_id, use_cache))
+
+    def astream(
+        self, question: str, conversation_id: str | None = None, *, use_cache: bool = True
+    ) -> AsyncIterator[Piece]:
+        """Text pieces as they are generated, then the `TurnResult`."""
+        return self._runner.aiterate(self._turn(question, conversation_id, use_cache))
+
+    async def abatch(
+        self,
+        questions: Sequence[str],
+        conversation_ids: Sequence[str | None] | None = None,
+        *,
+        use_cache: bool = True,
+        return_exceptions: bool = False,
+    ) -> list[TurnResult | BaseException]:
+        """Answer many questions concurrently (the model server batches them); results keep the
+        order of `questions`. Turns of the same conversation run one after another."""
+        ids = list(conversation_ids) if conversation_ids is not None else [None] * len(questions)
+        if len(ids) != len(questions):
+            raise ValueError(f"{len(questions)} questions but {len(ids)} conversation ids")
+        turns = [self._result(q, cid, use_cache) for q, cid in zip(questions, ids, strict=True)]
+
+        async def gather() -> list[TurnResult | BaseException]:
+            return await asyncio.gather(*turns, return_exceptions=return_exceptions)
+
+        return await self._runner.arun(gather())
+
+    def history(self, conversation_id: str) -> list[BaseMessage]:
+        """The stored messages of a conversation (a summary first once it has been compressed)."""
+        return self._runner.run(self._conversations.messages(conversation_id_or_new(conversation_id)))
+
+    def delete_conversation(self, conversation_id: str) -> None:
+        self._runner.run(self._conversations.delete(conversation_id_or_new(conversation_id)))
+
+    def cache_stats(self) -> CacheStats | None:
+        """Hits, misses, hit rate, time saved and entries; None when the cache is off."""
+        if self._cache is None:
+            return None
+        return self._cache.stats()
+
+    def clear_cache(self) -> None:
+        if self._cache is not None:
+            self._cache.clear()
+
+    @property
+    def retriever(self) -> HybridRetriever:
+        return self._retriever
+
+    def close(self) -> None:
+        """Close the conversations database and stop the agent's loop (idempotent)."""
+        if self._runner.closed:
+            return
+        self._runner.run(self._aclose())
+        self._runner.close()
+        for part in self._owned:
+            close = getattr(part, "close", None)
+            if callable(close):
+                close()
+
+    async def _aclose(self) -> None:
+        for client in self._owned_clients:
+            await client.aclose()
+        await self._saver.conn.close()
+
+    def __enter__(self) -> RagAgent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # The pipeline.
+
+    async def _result(self, question: str, conversation_id: str | None, use_cache: bool) -> TurnResult:
+        async for piece in self._turn(question, conversation_id, use_cache):
+            if isinstance(piece, TurnResult):
+                return piece
+        raise AssertionError("a turn always ends with its result")
+
+    async def _turn(self, question: str, conversation_id: str | None, use_cache: bool) -> AsyncIterator[Piece]:
+        text, notices = prepare_question(question, self._settings.chains.max_question_tokens)
+        turn = _Turn(conversation_id_or_new(conversation_id), HumanMessage(text, id=uuid.uuid4().hex), text, notices)
+        use_cache = use_cache and self._cache is not None
+        async with self._lock(turn.conversation_id):
+            history = await self._conversations.messages(turn.conversation_id)
+            failure = await self._condense(turn, history) if has_turns(history) else None
+            scope = self._scope()
+            if use_cache:
+                hit = await self._lookup(turn, scope)
+                if hit is not None:
+                    async for piece in self._answer_from_cache(turn, hit):
+                        yield piece
+                    return
+            with turn.trace.stage("retrieval"):
+                passages = await self._retriever.aretrieve(turn.standalone)
+            registry = PassageRegistry(self._settings.chains.context_token_budget)
+            context = TurnContext(str(turn.asked.id), registry.add(passages), registry, turn.trace)
+            pieces: list[str] = []
+            if failure is None:
+                try:
+                    async for piece in self._agent_text(turn.conversation_id, turn.asked, context):
+                        pieces.append(piece)
+                        yield piece
+                except Exception as exc:
+                    failure = unavailable_reason(exc, self._base_url)
+                    if failure is None:
+                        raise
+            if failure is not None:
+                async for piece in self._answer_from_passages(turn, "".join(pieces), registry, failure):
+                    yield piece
+                return
+            answer = "".join(pieces) or await self._last_answer(turn.conversation_id)
+            if not answer:
+                turn.notices.append("the model returned an empty answer")
+            result = turn.result(answer, registry.cited(answer))
+            self._uncached_s.append(result.timings.total_s)
+            if use_cache and answer:
+                await self._store(turn.standalone, scope, result)
+            yield result
+
+    async def _condense(self, turn: _Turn, history: list[BaseMessage]) -> str | None:
+        """Rewrite the follow-up into `turn.standalone`; on model failure keep the question and
+        return why."""
+        with turn.trace.stage("condense"):
+            try:
+                turn.standalone = await within(
+                    condense_question(
+                        self._model,
+                        self._tools,
+                        history,
+                        turn.asked.text,
+                        max_question_tokens=self._settings.chains.max_question_tokens,
+                        config={"callbacks": [LLMCallTracer(turn.trace)]},
+                    ),
+                    self._settings.llm.request_timeout_s,
+                )
+            except Exception as exc:
+                failure = unavailable_reason(exc, self._base_url)
+                if failure is None:
+                    raise
+                turn.notices.append(f"follow-up not rewritten: {failure}")
+                return failure
+        return None
+
+    async def _agent_text(self, cid: str, asked: HumanMessage, context: TurnContext) -> AsyncIterator[str]:
+        """The agent's answer text as the model streams it (tool-call messages carry none)."""
+        config: RunnableConfig = {**thread_config(cid), "callbacks": [LLMCallTracer(context.trace)]}
+        events = self._graph.astream(
+            {"messages": [asked]}, config, context=context, stream_mode="messages", durability="exit"
+        )
+        async for event in idle_limited(events, self._settings.llm.request_timeout_s):
+            chunk, metadata = cast(tuple[BaseMessage, dict[str, Any]], event)
+            if metadata.get("langgraph_node") == "model" and isinstance(chunk, AIMessageChunk) and chunk.text:
+                context.trace.mark_text()
+                yield chunk.text
+
+    async def _last_answer(self, cid: str) -> str:
+        """The final AI message of the run, for answers that were not streamed as text."""
+        for message in reversed(await self._conversations.messages(cid)):
+            if isinstance(message, AIMessage):
+                return message.text
+        return ""
+
+    async def _answer_from_cache(self, turn: _Turn, hit: CacheHit) -> AsyncIterator[Piece]:
+        cached = hit.answer
+        turn.trace.mark_text()
+        yield cached.answer
+        await self._conversations.record(
+            turn.conversation_id, turn.asked, AIMessage(cached.answer, id=uuid.uuid4().hex)
+        )
+        turn.notices.append(f"answered from the semantic cache (similarity {hit.similarity:.3f})")
+        result = turn.result(cached.answer, [Source.from_dict(s) for s in cached.sources], cached=True)
+        if self._uncached_s and self._cache is not None:
+            saved = statistics.median(self._uncached_s) - result.timings.total_s
+            if saved > 0:
+                self._cache.record_saved(saved)
+        yield result
+
+    async def _answer_from_passages(
+        self, turn: _Turn, partial: str, registry: PassageRegistry, failure: str
+    ) -> AsyncIterator[Piece]:
+        """The retrieval-only answer when the model server cannot answer (after any text it sent)."""
+        logger.warning("answering from retrieval only: %s", failure)
+        tail = ("\n\n" if partial else "") + retrieval_only_answer(failure, registry.sources)
+        turn.trace.mark_text()
+        yield tail
+        answer = partial + tail
+        await self._conversations.record(turn.conversation_id, turn.asked, AIMessage(answer, id=uuid.uuid4().hex))
+        turn.notices.append(f"answered from retrieval only: {failure}")
+        yield turn.result(answer, registry.sources, retrieval_only=True, error=failure)
+
+    def _scope(self) -> CacheScope:
+        from chains.cache import CacheScope
+
+        return CacheScope(self._retriever.index_version, self._model_name, PROMPT_VERSION)
+
+    async def _lookup(self, turn: _Turn, scope: CacheScope) -> CacheHit | None:
+        assert self._cache is not None
+        with turn.trace.stage("cache_lookup"):
+            return await asyncio.to_thread(self._cache.lookup, turn.standalone, scope)
+
+    async def _store(self, question: str, scope: CacheScope, result: TurnResult) -> None:
+        from chains.cache import CachedAnswer
+
+        assert self._cache is not None
+        entry = CachedAnswer(result.answer, [s.to_dict() for s in result.sources], time.time())
+        await asyncio.to_thread(self._cache.store, question, scope, entry)
+
+    def _lock(self, conversation_id: str) -> asyncio.Lock:
+        """One turn at a time per conversation (the lock lives while any turn holds it)."""
+        lock = self._locks.get(conversation_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[conversation_id] = lock
+        return lock
+
+
+@dataclass
+class _Turn:
+    """The pipeline's record of one turn, frozen into a `TurnResult` at the end."""
+
+    conversation_id: str
+    asked: HumanMessage
+    standalone: str
+    """The question rewritten without the conversation; the question itself until then."""
+    notices: list[str]
+    trace: TurnTrace = field(default_factory=TurnTrace)
+
+    def result(
+        self,
+        answer: str,
+        sources: Sequence[Source],
+        *,
+        cached: bool = False,
+        retrieval_only: bool = False,
+        error: str | None = None,
+    ) -> TurnResult:
+        return TurnResult(
+            answer=answer,
+            sources=tuple(sources),
+            conversation_id=self.conversation_id,
+            question=self.asked.text,
+            standalone_question=self.standalone,
+            cached=cached,
+            retrieval_only=retrieval_only,
+            notices=tuple(self.notices),
+            timings=self.trace.timings(),
+            tokens=self.trace.usage(),
+            steps=tuple(self.trace.steps),
+            error=error,
+        )

@@ -1,0 +1,73 @@
+"""Conversations kept in SQLite by LangGraph's checkpointer: a conversation id is a thread id.
+
+The agent graph reads and writes a thread as it runs (the summary memory rewrites it in place);
+turns answered without the graph (cache hits, retrieval-only answers) are added here so every
+turn is part of the history either way.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.graph.state import CompiledStateGraph
+
+
+class ConversationStoreError(RuntimeError):
+    """The conversations database cannot be opened; nothing in it was changed."""
+
+
+async def open_checkpointer(path: Path) -> AsyncSqliteSaver:
+    """The checkpointer over `path` (created if missing); call on the loop that will use it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = aiosqlite.connect(str(path))
+    # aiosqlite's worker thread is not a daemon: an agent its owner forgot to close would then
+    # keep the interpreter from exiting. Every write is its own SQLite transaction, so nothing
+    # is lost when the thread stops with the process.
+    connection._thread.daemon = True
+    try:
+        await connection
+        saver = AsyncSqliteSaver(connection)
+        await saver.setup()
+        await (await connection.execute("SELECT count(*) FROM checkpoints")).fetchone()
+    except sqlite3.DatabaseError as exc:
+        await connection.close()
+        raise ConversationStoreError(
+            f"conversations database {path} is unreadable ({exc}); move it away to start with no history"
+        ) from exc
+    return saver
+
+
+def thread_config(conversation_id: str) -> RunnableConfig:
+    return {"configurable": {"thread_id": conversation_id}}
+
+
+class Conversations:
+    """History access for one compiled agent graph."""
+
+    def __init__(self, graph: CompiledStateGraph[Any, Any, Any, Any]) -> None:
+        self._graph = graph
+
+    async def messages(self, conversation_id: str) -> list[BaseMessage]:
+        """The stored history (a summary message first once the summary memory has run)."""
+        state = await self._graph.aget_state(thread_config(conversation_id))
+        return list(state.values.get("messages", []))
+
+    async def record(self, conversation_id: str, *messages: BaseMessage) -> None:
+        """Append the messages not stored yet (a failed graph run may have stored the question)
+        and close the turn, so the next run starts clean."""
+        stored = {m.id for m in await self.messages(conversation_id)}
+        missing = [m for m in messages if m.id is None or m.id not in stored]
+        if missing:
+            await self._graph.aupdate_state(thread_config(conversation_id), {"messages": missing}, as_node="model")
+
+    async def delete(self, conversation_id: str) -> None:
+        """Forget a conversation."""
+        checkpointer = self._graph.checkpointer
+        if isinstance(checkpointer, AsyncSqliteSaver):
+            await checkpointer.adelete_thread(conversation_id)

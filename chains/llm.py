@@ -1,0 +1,84 @@
+"""The chat model over HTTP, and how its failures are told apart from bugs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+import openai
+from langchain_openai import ChatOpenAI
+
+from config.settings import LLMSettings
+
+T = TypeVar("T")
+
+
+class ModelTimeoutError(TimeoutError):
+    """The model server accepted the request but sent nothing for too long."""
+
+
+def endpoint(llm: LLMSettings) -> tuple[str, str]:
+    """(base URL, model name); `Settings` fills both in from the serving section when unset."""
+    if llm.base_url is None or llm.model is None:
+        raise ValueError("llm.base_url and llm.model are unset: build settings with config.load_settings()")
+    return llm.base_url, llm.model
+
+
+def make_chat_model(llm: LLMSettings) -> ChatOpenAI:
+    """ChatOpenAI against the vLLM (or any OpenAI-compatible) server, streaming with usage.
+
+    It gets its own async HTTP client: langchain-openai otherwise shares one per process, whose
+    pooled connections stay bound to the event loop of whoever used them first.
+    """
+    base_url, model = endpoint(llm)
+    return ChatOpenAI(
+        http_async_client=openai.DefaultAsyncHttpxClient(),
+        base_url=base_url,
+        api_key=llm.api_key,
+        model=model,
+        temperature=llm.temperature,
+        max_completion_tokens=llm.max_tokens,
+        timeout=llm.request_timeout_s,
+        max_retries=llm.max_retries,
+        streaming=True,
+        stream_usage=True,
+    )
+
+
+def unavailable_reason(exc: BaseException, base_url: str) -> str | None:
+    """A one-line reason when `exc` means the model server cannot answer now, else None."""
+    if isinstance(exc, ModelTimeoutError):
+        return str(exc)
+    if isinstance(exc, openai.APITimeoutError):
+        return f"the model server at {base_url} timed out"
+    if isinstance(exc, openai.APIConnectionError):
+        return f"cannot reach the model server at {base_url}"
+    if isinstance(exc, openai.APIStatusError) and exc.status_code >= 500:
+        return f"the model server at {base_url} failed with HTTP {exc.status_code}"
+    return None
+
+
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """`awaitable`'s result, or ModelTimeoutError after `seconds`."""
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except TimeoutError:
+        raise ModelTimeoutError(f"the model server sent nothing for {seconds:g} s") from None
+
+
+async def idle_limited(events: AsyncIterator[T], seconds: float) -> AsyncIterator[T]:
+    """`events`, failing with ModelTimeoutError when none arrives for `seconds`; a long answer
+    that keeps streaming is never cut."""
+    iterator = aiter(events)
+    try:
+        while True:
+            try:
+                item = await within(anext(iterator), seconds)
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,39 @@
+"""Checks on what callers pass in: the question text and the conversation id."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from chains.tokens import approx_tokens, truncate_to_tokens
+
+_CONVERSATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+class QuestionError(ValueError):
+    """The question or conversation id cannot be answered as given; the message says why."""
+
+
+def prepare_question(question: object, max_tokens: int) -> tuple[str, list[str]]:
+    """The question to answer plus notices; over-long questions are cut rather than refused."""
+    if not isinstance(question, str):
+        raise QuestionError(f"question must be a string, got {type(question).__name__}")
+    text = question.strip()
+    if not text:
+        raise QuestionError("question is empty: ask something")
+    tokens = approx_tokens(text)
+    if tokens <= max_tokens:
+        return text, []
+    notice = f"question truncated from about {tokens} to {max_tokens} tokens (chains.max_question_tokens)"
+    return truncate_to_tokens(text, max_tokens), [notice]
+
+
+def conversation_id_or_new(conversation_id: str | None) -> str:
+    """A validated id; None starts a new conversation."""
+    if conversation_id is None:
+        return uuid.uuid4().hex
+    if not isinstance(conversation_id, str) or not _CONVERSATION_ID.match(conversation_id):
+        raise QuestionError(
+            f"conversation id {conversation_id!r} is invalid: use 1-128 letters, digits, '.', '_', ':' or '-'"
+        )
+    return conversation_id
