@@ -12,29 +12,14 @@ import pytest
 
 from config.settings import REPO_ROOT
 
-EXAMPLE = """
-import asyncio
+README_MARKER = "<!-- the block below is run verbatim by tests/chains/test_readme_example.py -->"
 
-from chains import RagAgent, TurnResult
-from config import load_settings
 
-settings = load_settings()  # profile from RAG_PROFILE (default "balanced"), as `make serve` uses
-with RagAgent.from_settings(settings) as agent:
-    for piece in agent.stream("What does the warranty cover?", "readme-demo"):
-        if isinstance(piece, TurnResult):
-            print("\\n\\nSources:")
-            for source in piece.sources:
-                print(f"  [{source.id}] {source.label()}  (score {source.score:.3f})")
-            print(f"cached={piece.cached}  total={piece.timings.total_s * 1000:.0f} ms")
-        else:
-            print(piece, end="", flush=True)
-
-    follow_up = agent.invoke("And how long does it last?", "readme-demo")
-    print("Rewritten as:", follow_up.standalone_question)
-
-    results = asyncio.run(agent.abatch(["Who makes the X200?", "How long is shipping to Norway?"]))
-    print([r.answer[:40] for r in results])
-"""
+def readme_example() -> str:
+    """The Python block that follows the marker in README.md: what users copy is what runs."""
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    after = text[text.index(README_MARKER) :]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 @pytest.mark.integration
@@ -51,7 +36,13 @@ def test_readme_example_runs(tmp_path: Path, index_dir: Path, vllm_server: Any) 
         "RAG_CACHE__DIR": str(tmp_path / "cache"),
     }
     out = subprocess.run(
-        [sys.executable, "-c", EXAMPLE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", readme_example()],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "\n\nSources:\n  [1] " in out.stdout and "cached=False" in out.stdout
