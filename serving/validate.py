@@ -130,6 +130,9 @@ def _is_model_folder(value: str | None) -> bool:
 
 @contextlib.contextmanager
 def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: one command's value would leak into
+    # the next, and validation never downloads anyway.
+    env = {key: value for key, value in env.items() if key != "HF_HUB_OFFLINE"}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:

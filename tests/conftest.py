@@ -9,34 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from llm_server import LLMServer
 
 from config import load_settings
 from serving.launch import EngineServer, free_port, group_pids
 from serving.tiny_model import DEFAULT_DIR, build_tiny_model
-
-
-@dataclass(frozen=True)
-class LLMServer:
-    """What tests need of a running OpenAI-compatible server."""
-
-    base_url: str
-    """OpenAI base URL, ending in `/v1`."""
-    model: str
-    """Served model name to put in requests."""
-
-    @property
-    def root_url(self) -> str:
-        return self.base_url.removesuffix("/").removesuffix("/v1")
-
-    def metrics(self) -> str:
-        response = httpx.get(f"{self.root_url}/metrics", timeout=10.0)
-        response.raise_for_status()
-        return response.text
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DOCS, write_docs
+from chain_docs import DOCS, write_docs
 
 from chains import RagAgent, TurnResult
 from chains.condense import is_summary

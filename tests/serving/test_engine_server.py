@@ -10,7 +10,7 @@ import re
 
 import httpx
 import pytest
-from conftest import LLMServer
+from llm_server import LLMServer
 from openai import AsyncOpenAI, OpenAI
 from openai.types.chat import ChatCompletionToolParam
 

@@ -40,7 +40,8 @@ def test_command_prints_one_shell_line_and_notes_dropped_flags() -> None:
     done = run_cli("command", "--profile", "high_throughput", "--device", "cpu")
     assert done.returncode == 0
     [line] = done.stdout.splitlines()
-    assert line.startswith("VLLM_CPU_KVCACHE_SPACE=1 ") and "-m vllm.entrypoints.openai.api_server" in line
+    assert line.startswith("HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1 ")
+    assert "-m vllm.entrypoints.openai.api_server" in line
     assert "--kv-cache-dtype" not in line
     assert "serving: CPU build: dropped GPU-only flag --kv-cache-dtype fp8" in done.stderr.splitlines()
     gpu = run_cli("command", "--profile", "high_throughput", "--device", "cuda")

@@ -1,0 +1,194 @@
+"""Retrieval quality on SQuAD v1.1 dev: hit@1/5/10, MRR@10 and nDCG@10 for dense, BM25 and hybrid.
+
+Hybrid is measured with the configured fusion (`index.fusion`) and with the other one, side by side.
+
+The 2,067 paragraphs are the corpus (one Markdown file per paragraph, titled with its article),
+ingested through the real pipeline with the shipped settings; each question's gold passage is
+the paragraph it was written on. Chunk rankings are collapsed to paragraph rankings (first
+chunk of a paragraph counts). Questions are embedded in one batch and the same vector is
+passed to dense and hybrid retrieval, so the modes differ only in ranking.
+
+    python -m bench.retrieval_eval --squad ../shared/data/squad-dev-v1.1.json [--questions N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from config import load_settings
+from indexing.retrieval import HybridRetriever, Mode
+
+Fusion = Literal["convex", "rrf"]
+
+METRICS = ("hit@1", "hit@5", "hit@10", "mrr@10", "ndcg@10")
+DEPTH = 10
+CHUNKS_PER_QUERY = 30
+"""Chunks fetched per query so that DEPTH distinct paragraphs remain after collapsing."""
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    gold: str
+    """Source path of the question's paragraph in the generated corpus."""
+
+
+def load_squad(path: Path, corpus: Path) -> list[Question]:
+    """Write one `# Title` Markdown file per paragraph under `corpus`; return the questions."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    questions: list[Question] = []
+    for a, article in enumerate(data["data"]):
+        title = article["title"].replace("_", " ")
+        folder = corpus / f"{a:02d}-{re.sub(r'[^A-Za-z0-9]+', '-', title).strip('-')[:40]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for p, paragraph in enumerate(article["paragraphs"]):
+            name = f"p{p:03d}.md"
+            (folder / name).write_text(f"# {title}\n\n{paragraph['context']}\n", encoding="utf-8")
+            source = f"{folder.name}/{name}"
+            questions += [Question(qa["question"], source) for qa in paragraph["qas"]]
+    return questions
+
+
+def paragraph_rank(sources: list[str], gold: str) -> int | None:
+    """1-based rank of `gold` among distinct sources, within DEPTH."""
+    seen: list[str] = []
+    for source in sources:
+        if source not in seen:
+            seen.append(source)
+            if source == gold:
+                return len(seen) if len(seen) <= DEPTH else None
+    return None
+
+
+def metrics(ranks: list[int | None]) -> dict[str, float]:
+    n = len(ranks)
+    return {
+        "hit@1": sum(1 for r in ranks if r is not None and r <= 1) / n,
+        "hit@5": sum(1 for r in ranks if r is not None and r <= 5) / n,
+        "hit@10": sum(1 for r in ranks if r is not None and r <= 10) / n,
+        "mrr@10": sum(1 / r for r in ranks if r is not None) / n,
+        "ndcg@10": sum(1 / math.log2(r + 1) for r in ranks if r is not None) / n,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--squad", type=Path, required=True, help="path to squad-dev-v1.1.json")
+    parser.add_argument("--questions", type=int, default=0, help="subsample this many questions (0: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="keep corpus and index here (re-runs are incremental)"
+    )
+    args = parser.parse_args(argv)
+    if not args.squad.is_file():
+        parser.error(f"{args.squad} not found (the SQuAD v1.1 dev set; see ../shared/data/SOURCES.md)")
+
+    from indexing.embeddings import load_embedding
+    from indexing.pipeline import ingest
+    from indexing.retrieval import open_retriever
+
+    base = load_settings(args.profile).index
+    with tempfile.TemporaryDirectory(prefix="squad-eval-") as scratch:
+        tmp = args.workdir or Path(scratch)
+        corpus = Path(tmp) / "corpus"
+        questions = load_squad(args.squad, corpus)
+        total_questions = len(questions)
+        if args.questions and args.questions < len(questions):
+            questions = random.Random(args.seed).sample(questions, args.questions)
+        settings = base.model_copy(update={"docs_dir": corpus, "index_dir": Path(tmp) / "index"})
+        model = load_embedding(settings.embed_model, settings.embed_batch_size)
+        print(f"ingesting {len({q.gold for q in questions})}+ paragraphs ...", flush=True)
+        report = ingest(settings, progress=None, embed_model=model)
+        print(report.summary(), flush=True)
+        retriever = open_retriever(settings, embed_model=model)
+
+        started = time.perf_counter()
+        vectors = model.get_text_embedding_batch([q.text for q in questions], show_progress=False)
+        embed_s = time.perf_counter() - started
+        probe = model.get_query_embedding(questions[0].text)
+        assert max(abs(a - b) for a, b in zip(probe, vectors[0], strict=True)) < 1e-4, "query != text embedding"
+
+        other: Fusion = "rrf" if settings.fusion == "convex" else "convex"
+        alternative = open_retriever(settings.model_copy(update={"fusion": other}), embed_model=model)
+        runs: list[tuple[str, HybridRetriever, Mode]] = [
+            ("dense", retriever, "dense"),
+            ("bm25", retriever, "bm25"),
+            ("hybrid", retriever, "hybrid"),
+            (f"hybrid_{other}", alternative, "hybrid"),
+        ]
+        results: dict[str, Any] = {}
+        for label, searcher, mode in runs:
+            ranks: list[int | None] = []
+            latencies: list[float] = []
+            for q, vec in zip(questions, vectors, strict=True):
+                t0 = time.perf_counter()
+                passages = searcher.retrieve(q.text, top_k=CHUNKS_PER_QUERY, mode=mode, query_embedding=vec)
+                latencies.append(time.perf_counter() - t0)
+                ranks.append(paragraph_rank([p.source for p in passages], q.gold))
+            results[label] = metrics(ranks) | {"search_ms_p50": 1000 * statistics.median(latencies)}
+            print(label, {k: round(v, 4) for k, v in results[label].items()}, flush=True)
+
+    summary = {
+        "dataset": "SQuAD v1.1 dev (CC BY-SA 4.0)",
+        "paragraphs": report.documents,
+        "chunks": report.chunks,
+        "questions_total": total_questions,
+        "questions_evaluated": len(questions),
+        "seed": args.seed if args.questions else None,
+        "effective_chunk_size": retriever.manifest.chunk_size,
+        "settings": {
+            k: getattr(settings, k)
+            for k in ("embed_model", "chunk_size", "chunk_overlap", "candidates_k", "fusion", "dense_weight", "rrf_k")
+        },
+        "ingest": {
+            "seconds": round(report.seconds, 1),
+            "chunks_written": report.chunks_written,
+            "note": "index reused from --workdir (unchanged corpus)" if report.chunks_written == 0 else "full ingest",
+        },
+        "question_embedding_per_s": round(len(questions) / embed_s, 1),
+        "results": results,
+        "hybrid_above_both": {m: results["hybrid"][m] > max(results["dense"][m], results["bm25"][m]) for m in METRICS},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "retrieval.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    plot(results, args.out / "retrieval.png", len(questions))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def plot(results: dict[str, dict[str, float]], path: Path, n: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(results)
+    for i, (label, values) in enumerate(results.items()):
+        xs = [x + (i - (len(results) - 1) / 2) * width for x in range(len(METRICS))]
+        bars = ax.bar(xs, [values[m] for m in METRICS], width, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6)
+    ax.set_xticks(range(len(METRICS)), METRICS)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Retrieval on SQuAD v1.1 dev ({n:,} questions, 2,067 paragraphs)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

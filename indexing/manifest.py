@@ -1,0 +1,92 @@
+"""The index manifest: counts, the embedding model, and a version that tracks the content.
+
+The version is a hash of the sorted chunk ids and the embedding model. Chunk ids are themselves
+hashes of each chunk's source, number, text and metadata, so the version changes exactly when
+what retrieval can return changes, and stays put when a re-ingest finds nothing new. The
+semantic cache keys on it to drop stale answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from indexing.errors import NotAnIndexError
+
+FORMAT = "ragchat-index/1"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an index holds and how it was built."""
+
+    version: str
+    documents: int
+    chunks: int
+    embed_model: str
+    embed_dimension: int
+    chunk_size: int
+    chunk_overlap: int
+    collection: str
+    chroma_mode: str
+    bm25_dir: str | None
+    created_at: str
+    updated_at: str
+    format: str = FORMAT
+
+
+def content_version(chunk_ids: Iterable[str], embed_model: str) -> str:
+    """Hash of the sorted chunk ids (pass them sorted) and the model: equal content, equal version."""
+    digest = hashlib.sha256(f"{FORMAT}\n{embed_model}\n".encode())
+    for chunk_id in chunk_ids:
+        digest.update(chunk_id.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:20]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def read_manifest(path: Path) -> Manifest:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise NotAnIndexError(f"{path} is unreadable ({exc}); the index folder is damaged or not an index") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise NotAnIndexError(f"{path} is not a manifest of this project (format {found!r}, expected {FORMAT!r})")
+    names = {f.name for f in dataclasses.fields(Manifest)}
+    try:
+        return Manifest(**{k: v for k, v in raw.items() if k in names})
+    except TypeError as exc:
+        raise NotAnIndexError(f"{path} is incomplete ({exc}); re-run the ingest to rewrite it") from None
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    """Atomic replace, so a reader never sees half a manifest and a kill never leaves one."""
+    _atomic_write_json(path, dataclasses.asdict(manifest))
+
+
+def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
