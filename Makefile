@@ -24,7 +24,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
 
 .PHONY: help install tiny-model demo serve serve-start serve-stop serve-status serve-command serve-check ingest stats app test test-fast lint \
-        bench bench-serve bench-ingest eval-retrieval bench-chains clean
+        bench bench-serve bench-ingest eval-retrieval bench-cache bench-chains clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -75,6 +75,8 @@ serve-check: install ## Validate that command offline with vLLM's own parser (PR
 demo: install ## The main job on a fresh machine: build the offline model if needed, start the engine, index the sample docs, chat
 	$(PY) -m serving start --profile $(DEMO_PROFILE)
 	$(PY) -m indexing --profile $(DEMO_PROFILE) ingest
+	@if [ -z "$$RAG_SERVING__MODEL" ]; then echo ">>> Serving the offline tiny random-weights model: its answers are noise, the cited sources are real."; \
+	echo ">>> Set RAG_SERVING__MODEL to a real model for real answers (README: Serving)."; fi
 	@if [ -t 0 ]; then $(PY) -m chains --profile $(DEMO_PROFILE) chat; \
 	else printf '%s\n' "$(DEMO_QUESTION_1)" "$(DEMO_QUESTION_2)" | $(PY) -m chains --profile $(DEMO_PROFILE) chat; fi
 	@echo "The engine keeps running in the background: 'make serve-stop' stops it."
@@ -100,7 +102,7 @@ lint: $(VENV)/.installed ## ruff + mypy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: bench-serve bench-ingest eval-retrieval bench-chains ## Run every benchmark (results in bench/results/)
+bench: bench-serve bench-ingest eval-retrieval bench-cache bench-chains ## Run every benchmark (results in bench/results/)
 
 bench-serve: install ## Serving benchmark: TTFT, throughput, batching, speculation, prefix caching
 	$(PY) -m bench.serve
@@ -110,6 +112,9 @@ bench-ingest: $(VENV)/.installed ## Ingestion throughput vs raw embedding, re-in
 
 eval-retrieval: $(VENV)/.installed ## Retrieval quality (hit@k, MRR, nDCG@10) on SQuAD v1.1 dev
 	$(PY) -m bench.retrieval_eval --squad ../shared/data/squad-dev-v1.1.json
+
+bench-cache: $(VENV)/.installed ## Semantic-cache precision/hit rate over thresholds, guard effect, lookup latency (PAIRS=...)
+	$(PY) -m bench.cache_precision $(or $(PAIRS),../shared/data/cache_pairs.json)
 
 bench-chains: install ## Cache latency/precision, orchestration overhead, prefix-cache rate, memory savings
 	$(PY) -m bench.chains
