@@ -126,17 +126,20 @@ class RagAgent:
 
             retriever = open_retriever(settings.index)
             owned.append(retriever)
-        if cache is None and settings.cache.enabled:
-            from chains.cache import SemanticCache
-
-            cache = SemanticCache.from_settings(
-                settings.cache, settings.index.embed_model, settings.index.embed_batch_size
-            )
-            owned.append(cache)
         clients: list[Any] = []
         if chat_model is None:
             chat_model = make_chat_model(settings.llm)
             clients.append(chat_model.http_async_client)
+        if cache is None and settings.cache.enabled:
+            from chains.cache import SemanticCache, model_verifier
+
+            cache = SemanticCache.from_settings(
+                settings.cache,
+                settings.index.embed_model,
+                settings.index.embed_batch_size,
+                verifier=model_verifier(chat_model) if settings.cache.verify_with_model else None,
+            )
+            owned.append(cache)
         agent = cls(settings, retriever=retriever, chat_model=chat_model, cache=cache)
         agent._owned, agent._owned_clients = owned, clients
         return agent

@@ -245,3 +245,16 @@ def test_no_conversation_id_starts_a_new_conversation(make_agent: Any) -> None:
     b = agent.invoke(WARRANTY_Q)
     assert a.conversation_id != b.conversation_id
     assert len(agent.history(a.conversation_id)) == 2
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_verify_with_model_setting_gives_the_cache_the_served_model_as_verifier(
+    unit_settings: Settings, retriever: Any, verify: bool
+) -> None:
+    settings = unit_settings.model_copy(
+        update={"cache": unit_settings.cache.model_copy(update={"enabled": True, "verify_with_model": verify})}
+    )
+    with RagAgent.from_settings(settings, retriever=retriever) as agent:
+        cache = agent._cache
+        assert cache is not None
+        assert (cache._verifier is not None) is verify
