@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from indexing.errors import NotAnIndexError
+from indexing.errors import EmbeddingMismatchError, NotAnIndexError
 
 FORMAT = "ragchat-index/1"
 
@@ -71,6 +71,18 @@ def read_manifest(path: Path) -> Manifest:
         return Manifest(**{k: v for k, v in raw.items() if k in names})
     except TypeError as exc:
         raise NotAnIndexError(f"{path} is incomplete ({exc}); re-run the ingest to rewrite it") from None
+
+
+def read_manifest_for_model(path: Path, embed_model: str) -> Manifest:
+    """The manifest, refusing an index built with another embedding model: its vectors would match nothing."""
+    manifest = read_manifest(path)
+    if manifest.embed_model != embed_model:
+        raise EmbeddingMismatchError(
+            f"the index at {path.parent} was built with embedding model {manifest.embed_model!r} "
+            f"({manifest.embed_dimension}-d) but the settings ask for {embed_model!r}; queries embedded with "
+            "another model would match nothing. Set index.embed_model back, or use another index.index_dir."
+        )
+    return manifest
 
 
 def write_manifest(path: Path, manifest: Manifest) -> None:

@@ -31,10 +31,10 @@ from config.settings import IndexSettings
 from indexing import bm25
 from indexing.chunking import CHUNKER_VERSION, Chunker, effective_chunk_size, model_tokenizer
 from indexing.docstore import ChunkRow, DocRecord, DocStore, Inflight
-from indexing.errors import EmbeddingMismatchError, UnreadableFileError
+from indexing.errors import UnreadableFileError
 from indexing.layout import FolderState, IndexLayout, resolve_path
 from indexing.lock import WriterLock
-from indexing.manifest import Manifest, content_version, now_iso, read_manifest, write_manifest
+from indexing.manifest import Manifest, content_version, now_iso, read_manifest_for_model, write_manifest
 from indexing.metadata import CHUNK, DOC_HASH, SOURCE
 from indexing.progress import EmbedWithProgress, IngestProgress
 from indexing.readers import read_documents
@@ -152,13 +152,7 @@ class _IngestRun:
     def _checked_manifest(self) -> Manifest | None:
         if not self.layout.manifest.is_file():
             return None
-        manifest = read_manifest(self.layout.manifest)
-        if manifest.embed_model != self.settings.embed_model:
-            raise EmbeddingMismatchError(
-                f"the index at {self.layout.root} was built with embedding model {manifest.embed_model!r} "
-                f"({manifest.embed_dimension}-d) but the settings ask for {self.settings.embed_model!r}. "
-                "Set index.embed_model back, or build a new index in another index.index_dir."
-            )
+        manifest = read_manifest_for_model(self.layout.manifest, self.settings.embed_model)
         return manifest
 
     def _new_manifest(self) -> Manifest:

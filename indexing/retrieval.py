@@ -21,7 +21,7 @@ from config.settings import IndexSettings
 from indexing.bm25 import Bm25Index
 from indexing.errors import EmbeddingMismatchError, IndexNotFoundError
 from indexing.layout import IndexLayout, resolve_path
-from indexing.manifest import Manifest, read_manifest
+from indexing.manifest import Manifest, read_manifest_for_model
 from indexing.metadata import CHUNK, HEADING, PAGE, SOURCE, TITLE, chroma_where
 from indexing.store import close_client, collection_ids, existing_collection, open_client
 
@@ -83,13 +83,7 @@ class _SharedIndex:
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         if self._view is not None and stamp == self._stamp:
             return self._view
-        manifest = read_manifest(self.layout.manifest)
-        if manifest.embed_model != self.settings.embed_model:
-            raise EmbeddingMismatchError(
-                f"the index at {self.layout.root} was built with embedding model {manifest.embed_model!r}; "
-                f"the settings ask for {self.settings.embed_model!r}. Queries embedded with another model "
-                "would match nothing; set index.embed_model to the index's model or re-ingest into a new index_dir."
-            )
+        manifest = read_manifest_for_model(self.layout.manifest, self.settings.embed_model)
         if self._view is not None and manifest.version == self._view.manifest.version:
             self._view = _View(manifest, self._view.client, self._view.collection, self._view.bm25)
         else:
