@@ -105,10 +105,10 @@ def docx_bytes(paragraphs: Sequence[str], title: str | None = None) -> bytes:
     )
     out = BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("[Content_Types].xml", _DOCX_TYPES)
-        zf.writestr("_rels/.rels", _DOCX_RELS)
-        zf.writestr("word/document.xml", document)
-        zf.writestr("docProps/core.xml", core)
+        parts = {"[Content_Types].xml": _DOCX_TYPES, "_rels/.rels": _DOCX_RELS}
+        parts |= {"word/document.xml": document, "docProps/core.xml": core}
+        for name, xml in parts.items():  # fixed timestamps: the same text always gives the same bytes
+            zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), xml, zipfile.ZIP_DEFLATED)
     return out.getvalue()
 
 

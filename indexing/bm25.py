@@ -77,9 +77,6 @@ class Bm25Index:
             return cls([], None)
         return cls(ids, bm25s.BM25.load(str(folder), load_corpus=False, show_progress=False))
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def search(self, query: str, k: int, allowed: Iterable[str] | None = None) -> list[tuple[str, float]]:
         """Best `k` chunk ids with a positive score, optionally only among `allowed` ids."""
         if self._model is None or k <= 0:

@@ -52,11 +52,6 @@ class Chunker(TransformComponent):
             chunk_size=chunk_size, chunk_overlap=chunk_overlap, tokenizer=tokenizer, include_prev_next_rel=False
         )
 
-    @property
-    def fingerprint(self) -> str:
-        """Changes whenever the same file would be cut differently."""
-        return f"chunker{CHUNKER_VERSION}/size{self.chunk_size}/overlap{self.chunk_overlap}"
-
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
         chunks: list[BaseNode] = []
         numbers: dict[str, int] = {}
@@ -106,7 +101,9 @@ def _clip_labels(metadata: dict[str, Any]) -> dict[str, Any]:
 
 def _finish(piece: BaseNode, doc: Document, origin: Any, number: int) -> TextNode:
     text = piece.get_content(MetadataMode.NONE)
-    metadata = {**doc.metadata, **{k: v for k, v in piece.metadata.items() if k == HEADING}}
+    metadata = dict(doc.metadata)
+    if HEADING in piece.metadata:
+        metadata[HEADING] = piece.metadata[HEADING]
     metadata[CHUNK] = number
     metadata[CONTENT_HASH] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return TextNode(

@@ -92,10 +92,6 @@ class DocStore:
         rows = self._db.execute("SELECT * FROM documents").fetchall()
         return {row["source"]: DocRecord(**dict(row)) for row in rows}
 
-    def chunk_ids(self, source: str) -> set[str]:
-        rows = self._db.execute("SELECT chunk_id FROM chunks WHERE source = ?", (source,))
-        return {row[0] for row in rows}
-
     def counts(self) -> tuple[int, int]:
         docs = self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
         chunks = self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]

@@ -1,8 +1,8 @@
 """The metadata every chunk carries, and which of it retrieval may filter on.
 
 LlamaIndex's ChromaVectorStore adds its own bookkeeping keys (`_node_content`, `_node_type`,
-`doc_id`, `document_id`, `ref_doc_id`) beside ours; `public_metadata` keeps only ours, so prompts
-and citations never see them.
+`doc_id`, `document_id`, `ref_doc_id`) beside ours; retrieval reads only ours, so prompts and
+citations never see them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ CHUNK = "chunk"
 CONTENT_HASH = "content_hash"
 DOC_HASH = "doc_hash"
 
-OUR_KEYS = (SOURCE, FILE_TYPE, TITLE, PAGE, HEADING, CHUNK, CONTENT_HASH, DOC_HASH)
 EMBEDDED_KEYS = (TITLE, HEADING)
 """Keys prepended to the chunk text for the embedding and BM25: they give a chunk its context."""
 FILTER_TYPES: dict[str, type] = {SOURCE: str, FILE_TYPE: str, TITLE: str, HEADING: str, PAGE: int}
@@ -30,10 +29,6 @@ HEADING_SEPARATOR = " > "
 def hidden_keys(metadata: dict[str, Any]) -> list[str]:
     """Keys of `metadata` the embedding and the LLM should not see."""
     return [key for key in metadata if key not in EMBEDDED_KEYS]
-
-
-def public_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    return {key: metadata[key] for key in OUR_KEYS if key in metadata and metadata[key] != ""}
 
 
 def chroma_where(filters: dict[str, str] | None) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ import io
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from llama_index.core.readers.base import BaseReader
 from llama_index.core.schema import Document
@@ -29,8 +29,6 @@ _BLOCK_TAGS = (
 
 class _BytesReader(BaseReader):
     """A reader that can also parse bytes in hand (`parse`); `load_data` reads the path itself."""
-
-    file_type: ClassVar[str]
 
     def load_data(self, file: Path, extra_info: dict[str, Any] | None = None) -> list[Document]:
         path = Path(file)
@@ -85,8 +83,6 @@ def markdown_title(text: str) -> str | None:
 class TextReader(_BytesReader):
     """Plain text, Markdown, CSV and JSON: all indexed as their text."""
 
-    file_type = "text"
-
     def parse(self, data: bytes, doc_id: str, metadata: dict[str, Any]) -> list[Document]:
         text = decode_text(data)
         if metadata.get(FILE_TYPE) == "markdown":
@@ -96,8 +92,6 @@ class TextReader(_BytesReader):
 
 class HtmlReader(_BytesReader):
     """HTML as Markdown-like text: headings become `#` lines so the splitter keeps the structure."""
-
-    file_type = "html"
 
     def parse(self, data: bytes, doc_id: str, metadata: dict[str, Any]) -> list[Document]:
         from bs4 import BeautifulSoup
@@ -138,8 +132,6 @@ class HtmlReader(_BytesReader):
 class PdfReader(_BytesReader):
     """One Document per page with text, `page` 1-based; encrypted files are tried with an empty password."""
 
-    file_type = "pdf"
-
     def parse(self, data: bytes, doc_id: str, metadata: dict[str, Any]) -> list[Document]:
         import pypdf
         from pypdf.errors import DependencyError
@@ -170,8 +162,6 @@ class PdfReader(_BytesReader):
 
 class DocxReader(_BytesReader):
     """Word documents through docx2txt (body, headers and footers)."""
-
-    file_type = "docx"
 
     def parse(self, data: bytes, doc_id: str, metadata: dict[str, Any]) -> list[Document]:
         import docx2txt
