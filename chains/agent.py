@@ -74,6 +74,8 @@ class RagAgent:
         self._retriever = retriever
         self._model = chat_model
         self._cache = cache
+        # The cache embeds each question for its lookup; with the same model, retrieval reuses that vector.
+        self._share_vector = cache is not None and cache.embed_model_name == retriever.settings.embed_model
         self._tools = [make_search_tool(retriever, settings.index.top_k)]
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._uncached_s: deque[float] = deque(maxlen=100)
@@ -242,14 +244,16 @@ class RagAgent:
             history = await self._conversations.messages(turn.conversation_id)
             failure = await self._condense(turn, history) if has_turns(history) else None
             scope = self._scope()
+            vector = None
             if use_cache:
                 hit = await self._lookup(turn, scope)
                 if hit is not None:
                     async for piece in self._answer_from_cache(turn, hit):
                         yield piece
                     return
+                vector = self._question_vector(turn.standalone)
             with turn.trace.stage("retrieval"):
-                passages = await self._retriever.aretrieve(turn.standalone)
+                passages = await self._retriever.aretrieve(turn.standalone, query_embedding=vector)
             registry = PassageRegistry(self._settings.chains.context_token_budget)
             context = TurnContext(str(turn.asked.id), registry.add(passages), registry, turn.trace)
             pieces: list[str] = []
@@ -355,6 +359,12 @@ class RagAgent:
         assert self._cache is not None
         with turn.trace.stage("cache_lookup"):
             return await asyncio.to_thread(self._cache.lookup, turn.standalone, scope)
+
+    def _question_vector(self, question: str) -> list[float] | None:
+        """The cache lookup's embedding of the question, when retrieval uses the same model."""
+        if not self._share_vector or self._cache is None:
+            return None
+        return self._cache.question_vector(question)
 
     async def _store(self, question: str, scope: CacheScope, result: TurnResult) -> None:
         from chains.cache import CachedAnswer

@@ -152,8 +152,8 @@ class EmbeddingError(RuntimeError):
 class QuestionEmbedding(BaseEmbedding):
     """The project's MiniLM as GPTCache's `embedding_func`, remembering recent questions.
 
-    A miss embeds the question for the lookup and again for the store after the answer: the small
-    memo makes the second one free.
+    A miss embeds the question for the lookup, again for the store after the answer, and the
+    retriever needs it too: the small memo makes the second and third free.
     """
 
     def __init__(self, model: Any, memo_size: int = 256) -> None:
@@ -170,6 +170,9 @@ class QuestionEmbedding(BaseEmbedding):
                 self._memo.pop(next(iter(self._memo)))
             self._memo[data] = vector
         return vector
+
+    def remembered(self, text: str) -> np.ndarray | None:
+        return self._memo.get(text)
 
     @property
     def dimension(self) -> int:
@@ -273,7 +276,7 @@ class SemanticCache:
         self.directory = Path(directory)
         self.enabled = enabled
         self._embedding = QuestionEmbedding(embedding)
-        self._embed_model_name = embed_model_name
+        self.embed_model_name = embed_model_name
         self._threshold = similarity_threshold
         self._margin = ambiguity_margin
         # GPTCache's own cut-off sits `margin` lower so the runner-up of a hit is seen too.
@@ -337,6 +340,13 @@ class SemanticCache:
             else:
                 self._hits += 1
         return hit
+
+    def question_vector(self, question: str) -> list[float] | None:
+        """The question's embedding from its last lookup, if still remembered: retrieval with the
+        same embedding model reuses it instead of embedding the question a second time."""
+        with self._lock:
+            vector = self._embedding.remembered(_clean_question(question))
+        return None if vector is None else vector.tolist()
 
     def store(self, question: str, scope: CacheScope, answer: CachedAnswer) -> None:
         """Remember the answer to this question in this scope."""
@@ -430,7 +440,7 @@ class SemanticCache:
         fresh = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
         (path / "scope.json").write_text(
-            json.dumps({"embed_model": self._embed_model_name, **asdict(scope)}, indent=1), encoding="utf-8"
+            json.dumps({"embed_model": self.embed_model_name, **asdict(scope)}, indent=1), encoding="utf-8"
         )
         if fresh:
             self._prune_scopes(keep=key)
@@ -514,7 +524,7 @@ class SemanticCache:
         return total
 
     def _scope_key(self, scope: CacheScope) -> str:
-        blob = json.dumps({"embed_model": self._embed_model_name, **asdict(scope)}, sort_keys=True)
+        blob = json.dumps({"embed_model": self.embed_model_name, **asdict(scope)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

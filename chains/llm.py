@@ -29,7 +29,9 @@ def make_chat_model(llm: LLMSettings) -> ChatOpenAI:
     """ChatOpenAI against the vLLM (or any OpenAI-compatible) server, streaming with usage.
 
     It gets its own async HTTP client: langchain-openai otherwise shares one per process, whose
-    pooled connections stay bound to the event loop of whoever used them first.
+    pooled connections stay bound to the event loop of whoever used them first. vLLM's
+    `stream_interval` goes in the request body only when it changes anything (> 1), so a server
+    that rejects unknown fields still works at 1.
     """
     base_url, model = endpoint(llm)
     return ChatOpenAI(
@@ -43,6 +45,7 @@ def make_chat_model(llm: LLMSettings) -> ChatOpenAI:
         max_retries=llm.max_retries,
         streaming=True,
         stream_usage=True,
+        extra_body={"stream_interval": llm.stream_interval} if llm.stream_interval > 1 else None,
     )
 
 
@@ -62,7 +65,8 @@ def unavailable_reason(exc: BaseException, base_url: str) -> str | None:
 async def within(awaitable: Awaitable[T], seconds: float) -> T:
     """`awaitable`'s result, or ModelTimeoutError after `seconds`."""
     try:
-        return await asyncio.wait_for(awaitable, seconds)
+        async with asyncio.timeout(seconds):  # unlike wait_for on 3.11, no task per call (one per streamed token)
+            return await awaitable
     except TimeoutError:
         raise ModelTimeoutError(f"the model server sent nothing for {seconds:g} s") from None
 

@@ -160,6 +160,10 @@ class LLMSettings(_Section):
     """Give up on a model request after this long."""
     max_retries: int = Field(1, ge=0, le=10)
     """Retries of a failed model request."""
+    stream_interval: int = Field(4, ge=1, le=64)
+    """Tokens per streamed chunk after the first, which always comes at once (vLLM's per-request
+    `stream_interval`). Fewer chunks cut per-token work in the client and the server
+    (`make bench-chains`); 1 sends every token and omits the field, for servers other than vLLM."""
 
 
 class ChainSettings(_Section):

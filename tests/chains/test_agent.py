@@ -258,3 +258,24 @@ def test_verify_with_model_setting_gives_the_cache_the_served_model_as_verifier(
         cache = agent._cache
         assert cache is not None
         assert (cache._verifier is not None) is verify
+
+
+def test_retrieval_reuses_the_cache_lookups_question_vector(
+    unit_settings: Settings, retriever: Any, embed_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = unit_settings.model_copy(update={"cache": unit_settings.cache.model_copy(update={"enabled": True})})
+    seen: list[Any] = []
+    retrieve = retriever.retrieve
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("query_embedding"))
+        return retrieve(*args, **kwargs)
+
+    monkeypatch.setattr(retriever, "retrieve", spy)
+    model = ScriptedChatModel(script=[AIMessage("It covers parts [1]."), AIMessage("Five days [1].")])
+    with RagAgent.from_settings(settings, retriever=retriever, chat_model=model) as agent:
+        agent.invoke(WARRANTY_Q)
+        agent.invoke("How long does X200 shipping take?", use_cache=False)  # no lookup: retrieval embeds
+
+    assert len(seen) == 2 and seen[1] is None
+    assert seen[0] == pytest.approx(embed_model.get_query_embedding(WARRANTY_Q), abs=1e-5)

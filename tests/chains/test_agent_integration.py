@@ -59,6 +59,21 @@ def test_stream_yields_tokens_then_the_result(agent: RagAgent) -> None:
     assert [s.kind for s in result.steps] == ["model"]
 
 
+def test_stream_interval_sends_the_answer_in_fewer_larger_pieces(live_settings: Settings, retriever: Any) -> None:
+    counts: dict[int, tuple[int, int]] = {}
+    for interval in (1, 4):
+        settings = live_settings.model_copy(
+            update={"llm": live_settings.llm.model_copy(update={"stream_interval": interval})}
+        )
+        with RagAgent.from_settings(settings, retriever=retriever) as agent:
+            *texts, result = agent.stream(QUESTION, use_cache=False)
+        assert isinstance(result, TurnResult) and "".join(texts) == result.answer
+        counts[interval] = (len(texts), result.tokens.completion_tokens)
+    (pieces_1, _), (pieces_4, tokens_4) = counts[1], counts[4]
+    assert pieces_1 >= 2 * pieces_4  # token by token vs four at a time
+    assert pieces_4 <= tokens_4 // 4 + 2  # the first token alone, then fours, then the rest
+
+
 async def test_abatch_of_16_concurrent_questions(agent: RagAgent) -> None:
     questions = [
         f"Question {i}: what about {topic}?"

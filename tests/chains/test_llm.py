@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import openai
@@ -78,3 +79,9 @@ def test_chat_model_is_built_from_settings() -> None:
     assert model.openai_api_base == URL and model.model_name == "m1"
     assert model.request_timeout == 7 and model.max_retries == 0
     assert model.streaming and model.stream_usage
+
+
+@pytest.mark.parametrize(("interval", "body"), [(4, {"stream_interval": 4}), (1, None)])
+def test_stream_interval_goes_in_the_request_body_only_above_one(interval: int, body: Any) -> None:
+    settings = load_settings("test", llm={"base_url": URL, "model": "m1", "stream_interval": interval})
+    assert make_chat_model(settings.llm).extra_body == body
