@@ -8,7 +8,8 @@ passages, then a question):
 
 - base (speculation off, prefix caching on): start-up time, peak memory of the engine process
   tree, and a concurrency sweep (1, 4, 16; 64 on a GPU): TTFT p50/p95, TPOT, output tokens/s,
-  requests/s; batching gain = requests/s at 16 / at 1; TTFT as a share of full-answer time;
+  requests/s; batching gain = requests/s at 16 / at 1; TTFT as a share of full-answer time.
+  Answers stream in chunks of the profile's `llm.stream_interval` tokens, as the chains ask;
 - spec (n-gram speculation on) vs base: time per output token at concurrency 1. The answers are
   restricted to the context's tokens, so they quote it as far as a random model can;
 - no-prefix (prefix caching off) vs base: TTFT of questions over one long shared context.
@@ -173,13 +174,16 @@ async def one_request(
     return Sample(ttft_s=(first or end) - started, total_s=end - started, output_tokens=usage_tokens)
 
 
-async def run_level(client: AsyncOpenAI, root_url: str, model: str, prompts: list[Messages], concurrency: int) -> Level:
+async def run_level(
+    client: AsyncOpenAI, root_url: str, model: str, prompts: list[Messages], concurrency: int, *, stream_interval: int
+) -> Level:
     gate = asyncio.Semaphore(concurrency)
     before = scrape(root_url)
+    extra = {"stream_interval": stream_interval} if stream_interval > 1 else None
 
     async def gated(msgs: Messages) -> Sample:
         async with gate:
-            return await one_request(client, model, msgs, OUTPUT_TOKENS)
+            return await one_request(client, model, msgs, OUTPUT_TOKENS, extra)
 
     started = time.perf_counter()
     samples = await asyncio.gather(*(gated(p) for p in prompts))
@@ -207,7 +211,7 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-async def sweep(base_url: str, model: str, levels: list[int], context: str) -> list[Level]:
+async def sweep(base_url: str, model: str, levels: list[int], context: str, stream_interval: int) -> list[Level]:
     client = AsyncOpenAI(base_url=base_url, api_key="EMPTY", timeout=600, max_retries=0)
     root_url = base_url.removesuffix("/v1")
     try:
@@ -215,7 +219,9 @@ async def sweep(base_url: str, model: str, levels: list[int], context: str) -> l
         results = []
         for concurrency in tqdm(levels, desc="concurrency sweep", disable=not sys.stderr.isatty()):
             prompts = [messages(context, q) for q in questions(max(16, 3 * concurrency))]
-            results.append(await run_level(client, root_url, model, prompts, concurrency))
+            results.append(
+                await run_level(client, root_url, model, prompts, concurrency, stream_interval=stream_interval)
+            )
         return results
     finally:
         await client.close()
@@ -278,6 +284,7 @@ def start(serving: ServingSettings, label: str) -> tuple[EngineServer, PeakMemor
 def run_started(profile: str) -> dict[str, Any]:
     """All three configurations, one server at a time."""
     settings = load_settings(profile)
+    interval = settings.llm.stream_interval
     base = settings.serving.model_copy(update={"speculative_method": "off", "enable_prefix_caching": True})
     if base.model == "models/tiny-chat":
         build_tiny_model(DEFAULT_DIR)
@@ -294,7 +301,7 @@ def run_started(profile: str) -> dict[str, Any]:
     ]
     prefix_prompts = [messages(context, q) for q in questions(12, seed=SEED + 1)]
     spec_prompts = [messages(context, q) for q in questions(6, seed=SEED + 2)]
-    result: dict[str, Any] = {"device": device, "servers": {}}
+    result: dict[str, Any] = {"device": device, "servers": {}, "stream_interval": interval}
     for label, serving in tqdm(plan, desc="servers", disable=not sys.stderr.isatty()):
         server, memory = start(serving, label)
         entry: dict[str, Any] = {"startup_s": server.startup_s, "command": server.command.shell()}
@@ -302,7 +309,7 @@ def run_started(profile: str) -> dict[str, Any]:
             url, model = server.base_url, serving.served_model_name
             allowed = {"allowed_token_ids": context_token_ids(server.root_url, model, context)}
             if label == "base":
-                entry["levels"] = [asdict(level) for level in asyncio.run(sweep(url, model, levels, context))]
+                entry["levels"] = [asdict(level) for level in asyncio.run(sweep(url, model, levels, context, interval))]
             if label in ("base", "spec"):
                 before = scrape(server.root_url)
                 samples = asyncio.run(sequential(url, model, spec_prompts, OUTPUT_TOKENS, allowed))
@@ -398,7 +405,8 @@ def table(report: dict[str, Any]) -> str:
     lines = [
         f"Serving benchmark: {report['model']}, profile `{report['profile']}`, "
         f"{m['cores']} cores ({m['cpu']}, load average {m['load_avg_1m_at_start']} at start), "
-        f"{report['output_tokens']['sweep']} output tokens per request",
+        f"{report['output_tokens']['sweep']} output tokens per request, streamed "
+        f"{report['raw'].get('stream_interval', 1)} per chunk",
         "",
         "| concurrency | requests | TTFT p50 (ms) | TTFT p95 (ms) | TPOT in vLLM (ms) | output tok/s | req/s "
         "| TTFT share |",
@@ -505,8 +513,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.base_url:
         base_url = args.base_url.rstrip("/")
         model = httpx.get(f"{base_url}/models", timeout=10).json()["data"][0]["id"]
-        raw: dict[str, Any] = {"device": "external server", "servers": {}, "server": base_url}
-        raw["levels"] = [asdict(lvl) for lvl in asyncio.run(sweep(base_url, model, [1, 4, 16], rag_context()))]
+        interval = load_settings(profile).llm.stream_interval
+        raw: dict[str, Any] = {
+            "device": "external server",
+            "servers": {},
+            "server": base_url,
+            "stream_interval": interval,
+        }
+        raw["levels"] = [
+            asdict(lvl) for lvl in asyncio.run(sweep(base_url, model, [1, 4, 16], rag_context(), interval))
+        ]
         report = summarize(raw, profile, model)
     else:
         report = summarize(run_started(profile), profile, load_settings(profile).serving.model)
