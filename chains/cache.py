@@ -172,6 +172,7 @@ class QuestionEmbedding(BaseEmbedding):
         return vector
 
     def remembered(self, text: str) -> np.ndarray | None:
+        """The memoised vector, never a new embedding (a single dict read: safe without the lock)."""
         return self._memo.get(text)
 
     @property
@@ -343,9 +344,9 @@ class SemanticCache:
 
     def question_vector(self, question: str) -> list[float] | None:
         """The question's embedding from its last lookup, if still remembered: retrieval with the
-        same embedding model reuses it instead of embedding the question a second time."""
-        with self._lock:
-            vector = self._embedding.remembered(_clean_question(question))
+        same embedding model reuses it instead of embedding the question a second time. Takes no
+        lock: it runs on the agent's event loop, which must not wait for other turns' stores."""
+        vector = self._embedding.remembered(_clean_question(question))
         return None if vector is None else vector.tolist()
 
     def store(self, question: str, scope: CacheScope, answer: CachedAnswer) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -272,10 +273,26 @@ def test_retrieval_reuses_the_cache_lookups_question_vector(
         return retrieve(*args, **kwargs)
 
     monkeypatch.setattr(retriever, "retrieve", spy)
-    model = ScriptedChatModel(script=[AIMessage("It covers parts [1]."), AIMessage("Five days [1].")])
-    with RagAgent.from_settings(settings, retriever=retriever, chat_model=model) as agent:
-        agent.invoke(WARRANTY_Q)
-        agent.invoke("How long does X200 shipping take?", use_cache=False)  # no lookup: retrieval embeds
+    standalone = "How long does X200 shipping to Norway take?"
+    script = [AIMessage("It covers parts [1]."), AIMessage(standalone), AIMessage("Five days [1]."), "Ok [1]."]
+    with RagAgent.from_settings(settings, retriever=retriever, chat_model=ScriptedChatModel(script=script)) as agent:
+        agent.invoke(WARRANTY_Q, "v1")
+        agent.invoke("and shipping?", "v1")  # condensed first: the vector is the standalone question's
+        agent.invoke("What about returns?", use_cache=False)  # no lookup: retrieval embeds it itself
 
-    assert len(seen) == 2 and seen[1] is None
+    assert len(seen) == 3 and seen[2] is None
     assert seen[0] == pytest.approx(embed_model.get_query_embedding(WARRANTY_Q), abs=1e-5)
+    assert seen[1] == pytest.approx(embed_model.get_query_embedding(standalone), abs=1e-5)
+
+
+def test_a_cache_on_another_embedding_model_never_lends_its_vector(
+    unit_settings: Settings, retriever: Any, embed_model: Any, tmp_path: Path
+) -> None:
+    from chains.cache import SemanticCache
+
+    for name, shared in ((unit_settings.index.embed_model, True), ("another-model", False)):
+        cache = SemanticCache(tmp_path / name, embed_model, name, 0.85, 3600)
+        with RagAgent(
+            unit_settings, retriever=retriever, chat_model=ScriptedChatModel(script=[]), cache=cache
+        ) as agent:
+            assert agent._share_vector is shared

@@ -66,6 +66,13 @@ def test_paraphrase_hits_with_answer_sources_and_similarity(cache: SemanticCache
     assert exact is not None and exact.similarity == pytest.approx(1.0, abs=1e-4)
 
 
+def test_a_lookup_leaves_its_question_vector_for_retrieval(cache: SemanticCache, embedding: Any) -> None:
+    assert cache.question_vector(PARAPHRASE) is None  # never embeds on its own
+    cache.lookup(f"{PARAPHRASE} ", SCOPE)
+    vector = cache.question_vector(PARAPHRASE)
+    assert vector == pytest.approx(embedding.get_query_embedding(PARAPHRASE), abs=1e-5)
+
+
 def test_unrelated_question_misses(cache: SemanticCache) -> None:
     assert cache.lookup("Who founded the company and when?", SCOPE) is None
     assert cache.lookup("How do I reset my password?", SCOPE) is None
