@@ -69,6 +69,7 @@ def test_unknown_profile_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("RAG_SERVING__GPU_MEMORY_UTILIZATION", "1.5", "serving.gpu_memory_utilization"),
         ("RAG_CACHE__SIMILARITY_THRESHOLD", "0.1", "cache.similarity_threshold"),
         ("RAG_INDEX__CHUNK_SIZE", "many", "index.chunk_size"),
+        ("RAG_LLM__STREAM_INTERVAL", "0", "llm.stream_interval"),
     ],
 )
 def test_invalid_value_names_the_field(monkeypatch: pytest.MonkeyPatch, env: str, value: str, field: str) -> None:
