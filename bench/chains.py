@@ -198,8 +198,8 @@ def build_index(settings: Settings, articles: Sequence[tuple[str, list[str], lis
     from indexing.pipeline import ingest
     from indexing.retrieval import open_retriever
 
-    docs = settings.resolve(settings.index.docs_dir)
-    manifest = settings.resolve(settings.index.index_dir) / "manifest.json"
+    docs = settings.index.docs_dir
+    manifest = settings.index.index_dir / "manifest.json"
     changed = not manifest.exists() or read_manifest(manifest).documents != len(articles)  # new or interrupted
     for i, (title, paragraphs, _) in enumerate(articles):
         path = docs / f"a{i:03d}.md"

@@ -137,12 +137,12 @@ def build_synthetic_index(source: IndexSettings, target: IndexSettings, size: in
     import dataclasses
 
     from indexing.bm25 import Bm25Index, tokenize
-    from indexing.layout import IndexLayout, resolve_path
+    from indexing.layout import IndexLayout
     from indexing.manifest import content_version, now_iso, read_manifest, write_manifest
     from indexing.store import close_client, create_collection, existing_collection, open_client
 
     started = time.perf_counter()
-    src_layout = IndexLayout(resolve_path(source.index_dir))
+    src_layout = IndexLayout(source.index_dir)
     client = open_client(source, src_layout)
     got = existing_collection(client, source.collection, str(src_layout.root)).get(
         include=["documents", "metadatas", "embeddings"]
@@ -152,7 +152,7 @@ def build_synthetic_index(source: IndexSettings, target: IndexSettings, size: in
     vectors = np.asarray(got["embeddings"], dtype=np.float32)
     tokens = [" ".join(t) for t in tokenize(list(texts))]
     rng = np.random.default_rng(seed)
-    layout = IndexLayout(resolve_path(target.index_dir))
+    layout = IndexLayout(target.index_dir)
     layout.root.mkdir(parents=True)
     client = open_client(target, layout)
     collection = create_collection(client, target.collection, target.embed_model, vectors.shape[1])

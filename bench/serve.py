@@ -48,7 +48,7 @@ from tqdm import tqdm
 from config import load_settings
 from config.settings import REPO_ROOT, ServingSettings
 from serving.command import resolve_device
-from serving.launch import EngineServer, free_port, group_pids, run_dir
+from serving.launch import EngineServer, free_port, group_pids
 from serving.tiny_model import DEFAULT_DIR, build_tiny_model
 
 log = logging.getLogger("bench.serve")
@@ -274,7 +274,7 @@ def context_token_ids(root_url: str, model: str, context: str) -> list[int]:
 
 def start(serving: ServingSettings, label: str) -> tuple[EngineServer, PeakMemory]:
     serving = serving.model_copy(update={"port": free_port(), "host": "127.0.0.1"})
-    server = EngineServer(serving, log_path=run_dir(serving) / f"bench-serve-{label}.log")
+    server = EngineServer(serving, log_path=serving.run_dir / f"bench-serve-{label}.log")
     server.start()  # the memory sampler starts after: a failed start leaves nothing to sample
     assert server.pid is not None
     log.info("%s server ready in %.1f s", label, server.startup_s or 0)

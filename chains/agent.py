@@ -83,7 +83,7 @@ class RagAgent:
         self._owned_clients: list[Any] = []  # async HTTP clients of those parts, closed on the loop
         self._runner = LoopThread(name="rag-agent")
         try:
-            self._saver = self._runner.run(open_checkpointer(settings.resolve(settings.chains.conversations_db)))
+            self._saver = self._runner.run(open_checkpointer(settings.chains.conversations_db))
             self._graph = self._build_graph()
         except BaseException:
             self._runner.close()

@@ -3,17 +3,18 @@
 Values come, lowest priority first, from `config/profiles/base.yaml`, the active profile's YAML
 file (layered on base), then `RAG_`-prefixed environment variables (`RAG_SERVING__PORT=8001`),
 then keyword arguments. Settings are read once at an entry point and passed down; nothing
-reads them at import time.
+reads them at import time. Relative paths (and local model folders) are made absolute from the
+project root as they are validated, so no part has to know that rule.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -27,20 +28,59 @@ ProfileName = Literal["low_latency", "balanced", "high_throughput", "cpu", "test
 PROFILES: tuple[ProfileName, ...] = ("low_latency", "balanced", "high_throughput", "cpu", "test")
 DEFAULT_PROFILE: ProfileName = "balanced"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+_MODEL_PATH_PREFIXES = ("./", "../", "/", "~", "models/")
 
 
 class SettingsError(ValueError):
     """A profile or value is invalid; the message names the field and what is allowed."""
 
 
+def from_root(path: Path) -> Path:
+    """The one path rule: relative paths are from the project root, never from the caller's cwd."""
+    path = path.expanduser()
+    return path if path.is_absolute() else Path(os.path.normpath(REPO_ROOT / path))
+
+
+def local_model(value: str) -> str:
+    """A model value naming a local folder becomes an absolute path; a hub id like `Qwen/X` passes through.
+
+    Local means: written as a path (`./`, `../`, `/`, `~`, `models/`) or an existing folder under the root.
+    """
+    if value.startswith(_MODEL_PATH_PREFIXES) or (REPO_ROOT / value).is_dir():
+        return str(from_root(Path(value)))
+    return value
+
+
+def loopback_url(host: str, port: int) -> str:
+    """Where a client on this machine reaches a server listening on `host:port`.
+
+    A wildcard bind ("", 0.0.0.0, ::) is reached on 127.0.0.1; an IPv6 literal gets brackets.
+    """
+    if host in _WILDCARD_HOSTS:
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+ProjectPath = Annotated[Path, AfterValidator(from_root)]
+"""A path setting: absolute once validated (relative values are taken from the project root)."""
+ModelRef = Annotated[str, AfterValidator(local_model)]
+"""A Hugging Face id, or a local model folder made absolute like any ProjectPath."""
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    # validate_default: default paths go through the same validators as given ones.
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, validate_assignment=True, validate_default=True
+    )
 
 
 class ServingSettings(_Section):
     """The vLLM engine: what `make serve` renders into a server command line."""
 
-    model: str = "models/tiny-chat"
+    model: ModelRef = "models/tiny-chat"
     """Hugging Face id or local folder of the chat model; the default is the offline tiny model."""
     served_model_name: str = Field("rag-model", min_length=1, max_length=128)
     """Name clients use in the `model` field of OpenAI requests."""
@@ -70,7 +110,7 @@ class ServingSettings(_Section):
     """Shortest n-gram matched against the prompt (ngram method)."""
     prompt_lookup_max: int = Field(5, ge=1, le=32)
     """Longest n-gram matched against the prompt (ngram method)."""
-    draft_model: str | None = None
+    draft_model: ModelRef | None = None
     """Draft or EAGLE-3 head (HF id or path) for the `draft`/`eagle3` methods."""
     quantization: Literal["none", "awq", "gptq", "fp8"] = "none"
     """Weight quantization of the checkpoint (GPU only; dropped on CPU with a note)."""
@@ -94,20 +134,20 @@ class ServingSettings(_Section):
     """How long `make serve` waits for `/health` before giving up."""
     extra_args: list[str] = Field(default_factory=list)
     """Further vLLM flags, appended verbatim (validated like the rest)."""
-    engine_python: Path = Path(".venv-vllm/bin/python")
-    """Python of the engine environment that runs vLLM (relative paths are from the repo root)."""
+    engine_python: ProjectPath = Path(".venv-vllm/bin/python")
+    """Python of the engine environment that runs vLLM (relative paths are from the project root)."""
     shutdown_grace_s: float = Field(15.0, ge=1, le=300)
     """How long a stopping engine gets after SIGTERM before its process group is killed."""
-    run_dir: Path = Path(".run")
-    """Engine logs and the pid file of a background engine (relative paths are from the repo root)."""
+    run_dir: ProjectPath = Path(".run")
+    """Engine logs and the pid file of a background engine (relative paths are from the project root)."""
 
 
 class IndexSettings(_Section):
     """Documents, the Chroma index and retrieval."""
 
-    docs_dir: Path = Path("data/docs")
+    docs_dir: ProjectPath = Path("data/docs")
     """Default folder `make ingest` reads."""
-    index_dir: Path = Path("data/index")
+    index_dir: ProjectPath = Path("data/index")
     """Persistent index folder: Chroma, BM25, docstore and manifest."""
     collection: str = Field("documents", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
     """Chroma collection name."""
@@ -178,7 +218,7 @@ class ChainSettings(_Section):
     """Messages kept verbatim after summarising."""
     max_question_tokens: int = Field(256, ge=8, le=8192)
     """Longer questions are truncated to this with a notice."""
-    conversations_db: Path = Path("data/conversations.sqlite")
+    conversations_db: ProjectPath = Path("data/conversations.sqlite")
     """SQLite file holding conversations."""
     max_model_calls: int = Field(3, ge=1, le=20)
     """Model calls per turn; the last one gets no tools, so a turn ends with an answer."""
@@ -189,7 +229,7 @@ class CacheSettings(_Section):
 
     enabled: bool = True
     """Answer repeated and paraphrased questions from the cache."""
-    dir: Path = Path("data/cache")
+    dir: ProjectPath = Path("data/cache")
     """Cache store folder."""
     similarity_threshold: float = Field(0.85, ge=0.5, le=1.0)
     """Cosine a cached question needs to count as the same question (0.85: from bench/cache_precision.py)."""
@@ -280,15 +320,10 @@ class Settings(BaseSettings):
     def _point_llm_at_local_engine(self) -> Settings:
         """Unless told otherwise, the chains talk to the engine `make serve` starts."""
         if self.llm.base_url is None:
-            host = "127.0.0.1" if self.serving.host in ("0.0.0.0", "::") else self.serving.host
-            self.llm.base_url = f"http://{host}:{self.serving.port}/v1"
+            self.llm.base_url = f"{loopback_url(self.serving.host, self.serving.port)}/v1"
         if self.llm.model is None:
             self.llm.model = self.serving.served_model_name
         return self
-
-    def resolve(self, path: Path) -> Path:
-        """Relative data paths are relative to the repository root, not the caller's cwd."""
-        return path if path.is_absolute() else REPO_ROOT / path
 
 
 def load_settings(profile: str | None = None, **overrides: Any) -> Settings:

@@ -81,11 +81,11 @@ def _ingest(settings: IndexSettings, args: argparse.Namespace) -> int:
 
 def _stats(settings: IndexSettings, args: argparse.Namespace) -> int:
     from indexing.docstore import DocStore
-    from indexing.layout import IndexLayout, resolve_path
+    from indexing.layout import IndexLayout
     from indexing.manifest import read_manifest
     from indexing.store import close_client, existing_collection, open_client
 
-    layout = IndexLayout(resolve_path(settings.index_dir))
+    layout = IndexLayout(settings.index_dir)
     layout.require_index()
     manifest = read_manifest(layout.manifest)
     by_type: dict[str, tuple[int, int]] = {}

@@ -6,15 +6,9 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from config.settings import REPO_ROOT
 from indexing.errors import IndexNotFoundError, NotAnIndexError
 
 MANIFEST_NAME = "manifest.json"
-
-
-def resolve_path(path: Path) -> Path:
-    """Relative data paths are relative to the repository root (the rule of `Settings.resolve`)."""
-    return path if path.is_absolute() else REPO_ROOT / path
 
 
 class FolderState(Enum):

@@ -32,7 +32,7 @@ from indexing import bm25
 from indexing.chunking import CHUNKER_VERSION, Chunker, effective_chunk_size, model_tokenizer
 from indexing.docstore import ChunkRow, DocRecord, DocStore, Inflight
 from indexing.errors import UnreadableFileError
-from indexing.layout import FolderState, IndexLayout, resolve_path
+from indexing.layout import FolderState, IndexLayout
 from indexing.lock import WriterLock
 from indexing.manifest import Manifest, content_version, now_iso, read_manifest_for_model, write_manifest
 from indexing.metadata import CHUNK, DOC_HASH, SOURCE
@@ -67,13 +67,13 @@ def ingest(
     problems (lock taken, folder not an index, other embedding model); per-file problems are in
     the report and never raise.
     """
-    layout = IndexLayout(resolve_path(settings.index_dir))
+    layout = IndexLayout(settings.index_dir)
     if layout.state() is FolderState.FOREIGN:
         raise layout.foreign_error()
     layout.root.mkdir(parents=True, exist_ok=True)
     with WriterLock(layout.lock):
         run = _IngestRun(settings, layout, embed_model, progress)
-        roots = [Path(os.path.abspath(p)) for p in paths] if paths else [resolve_path(settings.docs_dir)]
+        roots = [Path(os.path.abspath(p)) for p in paths] if paths else [settings.docs_dir]
         return run.run(roots, prune)
 
 
@@ -123,9 +123,7 @@ class _IngestRun:
             self._collection = create_collection(
                 client, self.settings.collection, self.settings.embed_model, manifest.embed_dimension
             )
-            found = scan(
-                paths, resolve_path(self.settings.docs_dir), max_bytes=self.max_bytes, exclude=self.layout.root
-            )
+            found = scan(paths, self.settings.docs_dir, max_bytes=self.max_bytes, exclude=self.layout.root)
             report.failed += found.failed
             report.skipped += found.skipped
             report.hidden = found.hidden

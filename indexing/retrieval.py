@@ -20,7 +20,7 @@ import numpy as np
 from config.settings import IndexSettings
 from indexing.bm25 import Bm25Index
 from indexing.errors import EmbeddingMismatchError, IndexNotFoundError
-from indexing.layout import IndexLayout, resolve_path
+from indexing.layout import IndexLayout
 from indexing.manifest import Manifest, read_manifest_for_model
 from indexing.metadata import CHUNK, HEADING, PAGE, SOURCE, TITLE, chroma_where
 from indexing.store import close_client, collection_ids, existing_collection, open_client
@@ -218,7 +218,7 @@ def open_retriever(settings: IndexSettings, *, embed_model: HuggingFaceEmbedding
     """
     from indexing.embeddings import embedding_dimension, load_embedding
 
-    layout = IndexLayout(resolve_path(settings.index_dir))
+    layout = IndexLayout(settings.index_dir)
     layout.require_index()
     shared = _shared_index(settings, layout)
     with shared.lock:

@@ -17,9 +17,9 @@ from pathlib import Path
 from types import FrameType
 
 from config.settings import PROFILES, Settings, SettingsError, load_settings
-from serving.command import ENGINE_MODULE, render_command, resolve_device, resolve_model, validate_in_engine
+from serving.command import ENGINE_MODULE, render_command, resolve_device, validate_in_engine
 from serving.errors import ServingError
-from serving.launch import EngineServer, check_model, is_healthy, root_url, run_dir, stop_process_group
+from serving.launch import EngineServer, check_model, is_healthy, root_url, stop_process_group
 from serving.tiny_model import DEFAULT_DIR, build_tiny_model, is_built
 
 log = logging.getLogger("serving")
@@ -183,7 +183,7 @@ def _demo(args: argparse.Namespace) -> int:
     url = root_url(settings.serving)
     if not is_healthy(url):
         raise ServingError(f"no healthy engine at {url}; start one with `make serve-start`")
-    if resolve_model(settings.serving.model) == str(DEFAULT_DIR):
+    if settings.serving.model == str(DEFAULT_DIR):
         log.info("serving the tiny random-weights model: its answer is noise (set RAG_SERVING__MODEL for a real one)")
     client = OpenAI(base_url=f"{url}/v1", api_key=settings.llm.api_key.get_secret_value())
     question = "In one sentence: what does a retrieval-augmented chat system do?"
@@ -203,13 +203,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _ensure_tiny_model(settings: Settings) -> None:
     """The default model is built here on first use; any other missing model is an error later."""
-    if resolve_model(settings.serving.model) == str(DEFAULT_DIR) and not is_built(DEFAULT_DIR):
+    if settings.serving.model == str(DEFAULT_DIR) and not is_built(DEFAULT_DIR):
         log.info("building the offline tiny model into %s", DEFAULT_DIR)
         build_tiny_model(DEFAULT_DIR)
 
 
 def _pid_file(settings: Settings) -> Path:
-    folder = run_dir(settings.serving)
+    folder = settings.serving.run_dir
     folder.mkdir(parents=True, exist_ok=True)
     return folder / "engine.pid"
 

@@ -22,7 +22,6 @@ from serving.errors import ServingError
 Device = Literal["cuda", "cpu"]
 ENGINE_MODULE = "vllm.entrypoints.openai.api_server"
 VALIDATE_TIMEOUT_S = 600.0
-_PATH_PREFIXES = ("./", "../", "/", "~", "models/")
 _SPEC_METHODS = {"ngram": "ngram", "draft": "draft_model", "eagle3": "eagle3"}
 
 
@@ -69,22 +68,9 @@ def resolve_device(choice: Literal["auto", "cuda", "cpu"]) -> Device:
     return detect_device() if choice == "auto" else choice
 
 
-def looks_like_path(value: str) -> bool:
-    """A model value meant as a local folder rather than a Hugging Face id like `Qwen/X`."""
-    return value.startswith(_PATH_PREFIXES) or (REPO_ROOT / value).is_dir() or Path(value).is_dir()
-
-
-def resolve_model(value: str) -> str:
-    """Local folders become absolute (relative ones are from the repo root); hub ids pass through."""
-    if not looks_like_path(value):
-        return value
-    path = Path(value).expanduser()
-    return str(path if path.is_absolute() else (REPO_ROOT / path).resolve())
-
-
-def engine_python(serving: ServingSettings) -> str:
-    path = serving.engine_python.expanduser()
-    return str(path if path.is_absolute() else REPO_ROOT / path)
+def is_local_model(value: str) -> bool:
+    """Settings make local model folders absolute; anything else is a Hugging Face id like `Qwen/X`."""
+    return os.path.isabs(value)
 
 
 def speculative_config(serving: ServingSettings) -> dict[str, Any] | None:
@@ -104,7 +90,7 @@ def speculative_config(serving: ServingSettings) -> dict[str, Any] | None:
             f"serving.draft_model: required when speculative_method is {serving.speculative_method!r} "
             "(an HF id or local folder of the draft model / EAGLE-3 head)"
         )
-    spec["model"] = resolve_model(serving.draft_model)
+    spec["model"] = serving.draft_model
     return spec
 
 
@@ -112,7 +98,7 @@ def render_command(serving: ServingSettings, device: Device) -> EngineCommand:
     """The full server command for `device`; GPU-only settings are dropped on CPU with a note each."""
     args: list[str] = [
         "--model",
-        resolve_model(serving.model),
+        serving.model,
         "--served-model-name",
         serving.served_model_name,
         "--host",
@@ -149,7 +135,7 @@ def render_command(serving: ServingSettings, device: Device) -> EngineCommand:
         gpu_only.append(("--kv-cache-dtype", serving.kv_cache_dtype))
 
     env: dict[str, str] = {}
-    if all(looks_like_path(m) for m in (serving.model, serving.draft_model) if m):
+    if all(is_local_model(m) for m in (serving.model, serving.draft_model) if m):
         # Local weights need no hub: fail fast instead of retrying an unreachable one for a minute.
         env["HF_HUB_OFFLINE"] = "1"
     notes: list[str] = []
@@ -160,7 +146,9 @@ def render_command(serving: ServingSettings, device: Device) -> EngineCommand:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(serving.cpu_kvcache_space_gb)
         notes = [f"CPU build: dropped GPU-only flag {flag} {value}" for flag, value in gpu_only]
     args += serving.extra_args
-    return EngineCommand(python=engine_python(serving), args=tuple(args), device=device, env=env, notes=tuple(notes))
+    return EngineCommand(
+        python=str(serving.engine_python), args=tuple(args), device=device, env=env, notes=tuple(notes)
+    )
 
 
 def validate_in_engine(commands: Sequence[EngineCommand]) -> list[str | None]:

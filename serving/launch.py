@@ -24,8 +24,8 @@ from types import TracebackType
 
 import httpx
 
-from config.settings import REPO_ROOT, ServingSettings
-from serving.command import Device, EngineCommand, looks_like_path, render_command, resolve_device, resolve_model
+from config.settings import REPO_ROOT, ServingSettings, loopback_url
+from serving.command import Device, EngineCommand, is_local_model, render_command, resolve_device
 from serving.errors import ServingError
 
 log = logging.getLogger("serving")
@@ -53,7 +53,7 @@ class EngineServer:
         self.serving = serving
         self.detached = detached
         self.command: EngineCommand = render_command(serving, device or resolve_device(serving.device))
-        self.log_path = log_path or run_dir(serving) / f"engine-{serving.port}.log"
+        self.log_path = log_path or serving.run_dir / f"engine-{serving.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_s: float | None = None
         """Seconds from spawn to a healthy `/health`, once started."""
@@ -147,15 +147,9 @@ class EngineServer:
         self.stop()
 
 
-def run_dir(serving: ServingSettings) -> Path:
-    path = serving.run_dir.expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
 def root_url(serving: ServingSettings) -> str:
     """Where a client on this machine reaches the server (a wildcard bind is reached on loopback)."""
-    host = "127.0.0.1" if serving.host in ("0.0.0.0", "", "::") else serving.host
-    return f"http://{host}:{serving.port}"
+    return loopback_url(serving.host, serving.port)
 
 
 def is_healthy(url: str) -> bool:
@@ -168,9 +162,9 @@ def is_healthy(url: str) -> bool:
 
 def check_model(model: str) -> None:
     """A value meant as a local folder must be a model folder; hub ids are left to vLLM."""
-    if not looks_like_path(model):
+    if not is_local_model(model):
         return
-    path = Path(resolve_model(model))
+    path = Path(model)
     if not path.is_dir():
         raise ServingError(
             f"serving.model: local model folder {path} does not exist; build the offline model with "

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from config import PROFILES, SettingsError, load_settings
+from config.settings import REPO_ROOT, loopback_url
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -117,3 +120,39 @@ def test_llm_follows_the_local_engine_unless_set(monkeypatch: pytest.MonkeyPatch
     assert settings.llm.model == settings.serving.served_model_name
     monkeypatch.setenv("RAG_LLM__BASE_URL", "http://10.0.0.5:9000/v1")
     assert load_settings("cpu").llm.base_url == "http://10.0.0.5:9000/v1"
+
+
+def test_every_path_is_absolute_from_the_project_root_wherever_it_is_loaded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the caller's cwd must not matter
+    monkeypatch.setenv("RAG_INDEX__INDEX_DIR", "elsewhere/../idx")
+    settings = load_settings("balanced", cache={"dir": "~/ragcache"})
+    assert settings.index.index_dir == REPO_ROOT / "idx"
+    assert settings.index.docs_dir == REPO_ROOT / "data" / "docs"
+    assert settings.chains.conversations_db == REPO_ROOT / "data" / "conversations.sqlite"
+    assert settings.serving.run_dir == REPO_ROOT / ".run"
+    assert settings.serving.engine_python == REPO_ROOT / ".venv-vllm" / "bin" / "python"
+    assert settings.cache.dir == Path("~/ragcache").expanduser()
+    assert settings.serving.model == str(REPO_ROOT / "models" / "tiny-chat")
+    assert load_settings("balanced", index={"index_dir": tmp_path / "idx"}).index.index_dir == tmp_path / "idx"
+
+
+def test_hub_model_ids_are_not_taken_for_paths() -> None:
+    settings = load_settings("balanced", serving={"model": "Qwen/Qwen2.5-7B-Instruct-AWQ"})
+    assert settings.serving.model == "Qwen/Qwen2.5-7B-Instruct-AWQ"
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("0.0.0.0", "http://127.0.0.1:8123"),
+        ("", "http://127.0.0.1:8123"),
+        ("::", "http://127.0.0.1:8123"),
+        ("10.1.2.3", "http://10.1.2.3:8123"),
+        ("::1", "http://[::1]:8123"),
+    ],
+)
+def test_a_listen_address_becomes_the_url_a_local_client_uses(host: str, url: str) -> None:
+    assert loopback_url(host, 8123) == url
+    assert load_settings("cpu", serving={"host": host, "port": 8123}).llm.base_url == f"{url}/v1"

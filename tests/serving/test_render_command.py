@@ -9,8 +9,9 @@ import pytest
 
 from config import PROFILES, SettingsError, load_settings
 from config.settings import REPO_ROOT
-from serving.command import ENGINE_MODULE, render_command, resolve_model
+from serving.command import ENGINE_MODULE, render_command
 from serving.errors import ServingError
+from serving.launch import EngineServer
 
 
 def _flags(args: tuple[str, ...]) -> set[str]:
@@ -129,12 +130,19 @@ def test_shell_form_quotes_the_json_and_leads_with_env() -> None:
     assert '\'{"method":"ngram"' in shell
 
 
-def test_model_values_local_folders_become_absolute_hub_ids_pass_through() -> None:
-    assert resolve_model("models/tiny-chat") == str(REPO_ROOT / "models" / "tiny-chat")
-    assert resolve_model("./models/x") == str(REPO_ROOT / "models" / "x")
-    assert resolve_model("/opt/m") == "/opt/m"
-    assert resolve_model("~/m") == str(Path("~/m").expanduser())
-    assert resolve_model("Qwen/Qwen2.5-7B-Instruct-AWQ") == "Qwen/Qwen2.5-7B-Instruct-AWQ"
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("models/tiny-chat", str(REPO_ROOT / "models" / "tiny-chat")),
+        ("./models/x", str(REPO_ROOT / "models" / "x")),
+        ("/opt/m", "/opt/m"),
+        ("~/m", str(Path("~/m").expanduser())),
+        ("Qwen/Qwen2.5-7B-Instruct-AWQ", "Qwen/Qwen2.5-7B-Instruct-AWQ"),
+    ],
+)
+def test_the_command_gets_local_folders_absolute_and_hub_ids_as_given(model: str, expected: str) -> None:
+    command = render_command(load_settings("balanced", serving={"model": model}).serving, "cpu")
+    assert command.value("--model") == expected
 
 
 @pytest.mark.parametrize(
@@ -158,3 +166,9 @@ def test_hub_models_may_reach_the_hub_local_ones_stay_offline() -> None:
     hub = render_command(load_settings("balanced", serving={"model": "Qwen/Qwen2.5-7B-Instruct-AWQ"}).serving, "cuda")
     assert local.env.get("HF_HUB_OFFLINE") == "1"
     assert "HF_HUB_OFFLINE" not in hub.env
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "", "::", "127.0.0.1"])
+def test_the_engine_and_the_chains_agree_where_a_listen_address_is_reached(host: str) -> None:
+    settings = load_settings("cpu", serving={"host": host, "port": 8123})
+    assert EngineServer(settings.serving, device="cpu").base_url == settings.llm.base_url == "http://127.0.0.1:8123/v1"
