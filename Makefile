@@ -94,8 +94,8 @@ test: install ## Run the whole test suite (unit + integration with a real vLLM C
 	$(PY) -m serving tiny-model --quiet
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(VENV)/.installed ## Only the tests that start no servers
-	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+test-fast: $(VENV)/.installed ## Only the tests that start no servers and need no engine environment
+	$(PY) -m pytest -m "not integration and not engine" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed ## ruff + mypy
 	$(VENV)/bin/ruff check .

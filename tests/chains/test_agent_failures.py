@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scripted_model import ScriptedChatModel
 
 from chains import RagAgent, TurnResult
 from chains.cache import SemanticCache
 from config.settings import Settings
+from tests.chains.scripted_model import ScriptedChatModel
 
 QUESTION = "What does the X200 warranty cover?"
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chain_docs import DOCS, write_docs
 
 from chains import RagAgent, TurnResult
 from chains.condense import is_summary
 from config.settings import Settings
+from tests.chains.chain_docs import DOCS, write_docs
 
 pytestmark = pytest.mark.integration
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
-from scripted_model import ScriptedChatModel
 
 from chains.condense import condense_question, has_turns, is_summary
 from chains.prompts import SYSTEM_PROMPT
+from tests.chains.scripted_model import ScriptedChatModel
 
 
 def _history() -> list:

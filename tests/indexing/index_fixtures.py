@@ -11,9 +11,7 @@ import chromadb
 from chromadb.config import Settings as ChromaSettings
 
 from bench.corpus import docx_bytes, pdf_bytes
-from config.settings import IndexSettings
-
-REPO = Path(__file__).resolve().parents[2]
+from config.settings import REPO_ROOT, IndexSettings
 
 ASTRONOMY = """# Astronomy notes
 
@@ -118,7 +116,7 @@ def cli_env(settings: IndexSettings, **extra: str) -> dict[str, str]:
     """Environment for `python -m indexing` pointing at these settings (for subprocess tests)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
     env.update(
-        PYTHONPATH=str(REPO),
+        PYTHONPATH=str(REPO_ROOT),
         HF_HUB_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
         ANONYMIZED_TELEMETRY="False",

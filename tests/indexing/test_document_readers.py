@@ -6,11 +6,11 @@ import codecs
 from pathlib import Path
 
 import pytest
-from index_fixtures import FINANCE_PAGES, GARDENING
 
 from bench.corpus import pdf_bytes
 from indexing.errors import UnreadableFileError
 from indexing.readers import HtmlReader, PdfReader, decode_text, markdown_title
+from tests.indexing.index_fixtures import FINANCE_PAGES, GARDENING
 
 
 def test_pdf_reader_loads_one_document_per_page(tmp_path: Path) -> None:

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from index_fixtures import PYTHON, REPO, cli_env, write_fixture_corpus
 
-from config.settings import IndexSettings
+from config.settings import REPO_ROOT, IndexSettings
 from indexing import (
     EmbeddingMismatchError,
     FilterError,
@@ -22,6 +21,7 @@ from indexing import (
 )
 from indexing.pipeline import ingest
 from indexing.retrieval import convex_fusion, reciprocal_rank_fusion
+from tests.indexing.index_fixtures import PYTHON, cli_env, write_fixture_corpus
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_retriever_follows_a_reingest_by_another_process(tmp_path: Path, embed_m
     (docs / "cooking.txt").unlink()
     done = subprocess.run(
         [PYTHON, "-m", "indexing", "ingest", "--prune", "--quiet"],
-        cwd=REPO, env=cli_env(settings), capture_output=True, text=True, timeout=300, check=False,
+        cwd=REPO_ROOT, env=cli_env(settings), capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr + done.stdout
 

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from index_fixtures import FIXTURE_SOURCES, chroma_records
 from pypdf import PdfReader, PdfWriter
 
 from bench.corpus import pdf_bytes
@@ -16,6 +15,7 @@ from config.settings import IndexSettings
 from indexing import pipeline
 from indexing.errors import NotAnIndexError
 from indexing.report import IngestReport
+from tests.indexing.index_fixtures import FIXTURE_SOURCES, chroma_records
 
 Ingest = Callable[..., IngestReport]
 

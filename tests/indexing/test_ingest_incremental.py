@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from index_fixtures import FIXTURE_SOURCES, chroma_records
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
 from config.settings import IndexSettings
@@ -17,6 +16,7 @@ from indexing.docstore import DocStore
 from indexing.layout import IndexLayout
 from indexing.manifest import read_manifest
 from indexing.report import IngestReport
+from tests.indexing.index_fixtures import FIXTURE_SOURCES, chroma_records
 
 Ingest = Callable[..., IngestReport]
 BOOKKEEPING = {"_node_content", "_node_type", "doc_id", "document_id", "ref_doc_id"}

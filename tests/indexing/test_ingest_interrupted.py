@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from index_fixtures import PYTHON, REPO, chroma_records, cli_env
 
-from config.settings import IndexSettings
+from config.settings import REPO_ROOT, IndexSettings
 from indexing.bm25 import Bm25Index
 from indexing.docstore import DocStore, Inflight
 from indexing.layout import IndexLayout
 from indexing.manifest import read_manifest
 from indexing.pipeline import FAILPOINT_ENV, ingest
 from indexing.report import IngestReport
+from tests.indexing.index_fixtures import PYTHON, chroma_records, cli_env
 
 TOPICS = ["rivers", "glaciers", "deserts", "forests", "oceans", "caves"]
 
@@ -64,7 +64,7 @@ def kill_at(settings: IndexSettings, failpoint: str) -> None:
     """Run the CLI ingest until it reaches `failpoint`, then SIGKILL it."""
     env = cli_env(settings, **{FAILPOINT_ENV: failpoint})
     proc = subprocess.Popen(
-        [PYTHON, "-m", "indexing", "ingest", "--quiet"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
+        [PYTHON, "-m", "indexing", "ingest", "--quiet"], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True
     )
     assert proc.stderr is not None
     selector = selectors.DefaultSelector()

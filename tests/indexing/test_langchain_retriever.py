@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from index_fixtures import write_fixture_corpus
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
 from config.settings import IndexSettings
 from indexing import HybridRetriever, open_retriever
 from indexing.pipeline import ingest
+from tests.indexing.index_fixtures import write_fixture_corpus
 
 
 @pytest.fixture(scope="module")

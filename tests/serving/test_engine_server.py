@@ -10,9 +10,10 @@ import re
 
 import httpx
 import pytest
-from llm_server import LLMServer
 from openai import AsyncOpenAI, OpenAI
 from openai.types.chat import ChatCompletionToolParam
+
+from tests.llm_server import LLMServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.engine]
 

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serving_cli import run_cli
 
 from config import load_settings
 from serving.errors import ServingError
 from serving.launch import EngineServer, check_model, first_exception, free_port, group_pids
+from tests.serving.serving_cli import run_cli
 
 STARTUP_TIMEOUT_S = 240  # the test profile's; failing "fast" means well before this
 

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serving_cli import run_cli
 
 from serving.command import ENGINE_MODULE
 from serving.launch import free_port, group_pids
+from tests.serving.serving_cli import run_cli
 
 
 @pytest.fixture
