@@ -47,7 +47,7 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_openai import ChatOpenAI
 from tqdm import tqdm
 
-from chains import RagAgent
+from chains import IndexRetriever, RagAgent
 from chains.llm import make_chat_model
 from config import load_settings
 from config.settings import REPO_ROOT, Settings
@@ -127,7 +127,7 @@ class PlainChain:
     full history; no cache, no agent, no summary."""
 
     def __init__(self, retriever: Any, llm: ChatOpenAI, top_k: int) -> None:
-        self._retriever = retriever.as_langchain(k=top_k)
+        self._retriever = IndexRetriever(retriever=retriever, k=top_k)
         prompt = ChatPromptTemplate.from_messages(
             [("system", BASELINE_SYSTEM), MessagesPlaceholder("history"), ("human", "{question}")]
         )

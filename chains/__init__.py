@@ -18,5 +18,16 @@ from chains.agent import RagAgent
 from chains.prompts import PROMPT_VERSION
 from chains.questions import QuestionError
 from chains.results import Source, Step, Timings, TokenUsage, TurnResult
+from chains.retriever import IndexRetriever
 
-__all__ = ["PROMPT_VERSION", "QuestionError", "RagAgent", "Source", "Step", "Timings", "TokenUsage", "TurnResult"]
+__all__ = [
+    "PROMPT_VERSION",
+    "IndexRetriever",
+    "QuestionError",
+    "RagAgent",
+    "Source",
+    "Step",
+    "Timings",
+    "TokenUsage",
+    "TurnResult",
+]

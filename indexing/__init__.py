@@ -1,8 +1,9 @@
 """Documents -> a persistent Chroma + BM25 index built with LlamaIndex, and hybrid retrieval over it.
 
 `ingest(settings.index, paths)` builds or updates the index; `open_retriever(settings.index)`
-returns a HybridRetriever (`retrieve`, `aretrieve`, `as_langchain`). The heavy parts (Chroma,
-LlamaIndex, the embedding model) load on first use, not on `import indexing`.
+returns a HybridRetriever (`retrieve`, `aretrieve`; `chains.IndexRetriever` wraps it for
+LangChain). The heavy parts (Chroma, LlamaIndex, the embedding model) load on first use, not on
+`import indexing`.
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ from indexing.store import close_client, collection_ids, existing_collection, op
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
-    from langchain_core.retrievers import BaseRetriever
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
 Mode = Literal["hybrid", "dense", "bm25"]
@@ -202,12 +201,6 @@ class HybridRetriever:
     ) -> list[Passage]:
         """`retrieve` in a worker thread: the embedding and the stores are blocking, CPU-bound calls."""
         return await asyncio.to_thread(self.retrieve, query, top_k, filters, mode, query_embedding=query_embedding)
-
-    def as_langchain(self, k: int | None = None, mode: Mode = "hybrid") -> BaseRetriever:
-        """A LangChain retriever over this one (`invoke`/`ainvoke`; `k=` may also be passed per call)."""
-        from indexing.langchain_retriever import IndexRetriever
-
-        return IndexRetriever(retriever=self, k=k or self.settings.top_k, mode=mode)
 
 
 def open_retriever(settings: IndexSettings, *, embed_model: HuggingFaceEmbedding | None = None) -> HybridRetriever:

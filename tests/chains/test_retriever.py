@@ -8,6 +8,7 @@ import pytest
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
+from chains import IndexRetriever
 from config.settings import IndexSettings
 from indexing import HybridRetriever, open_retriever
 from indexing.pipeline import ingest
@@ -15,15 +16,15 @@ from tests.indexing.index_fixtures import write_fixture_corpus
 
 
 @pytest.fixture(scope="module")
-def retriever(tmp_path_factory: pytest.TempPathFactory, embed_model: Any) -> HybridRetriever:
+def indexed(tmp_path_factory: pytest.TempPathFactory, embed_model: Any) -> HybridRetriever:
     root = tmp_path_factory.mktemp("langchain")
     settings = IndexSettings(docs_dir=write_fixture_corpus(root / "docs"), index_dir=root / "index", top_k=4)
     assert ingest(settings, progress=False, embed_model=embed_model).ok
     return open_retriever(settings, embed_model=embed_model)
 
 
-def test_invoke_returns_documents_with_clean_metadata(retriever: HybridRetriever) -> None:
-    lc = retriever.as_langchain(k=3)
+def test_invoke_returns_documents_with_clean_metadata(indexed: HybridRetriever) -> None:
+    lc = IndexRetriever(retriever=indexed, k=3)
 
     docs = lc.invoke("compound interest and the rule of 72")
 
@@ -33,18 +34,18 @@ def test_invoke_returns_documents_with_clean_metadata(retriever: HybridRetriever
     assert top.metadata["source"] == "finance.pdf" and top.metadata["page"] == 2
     assert set(top.metadata) <= {"source", "title", "page", "heading", "chunk", "score"}
     assert top.id and "Compound interest" in top.page_content
-    passages = retriever.retrieve("compound interest and the rule of 72", top_k=3)
+    passages = indexed.retrieve("compound interest and the rule of 72", top_k=3)
     assert [d.id for d in docs] == [p.node_id for p in passages]
 
 
-def test_k_defaults_to_settings_and_can_be_overridden_per_call(retriever: HybridRetriever) -> None:
-    lc = retriever.as_langchain()
+def test_k_defaults_to_settings_and_can_be_overridden_per_call(indexed: HybridRetriever) -> None:
+    lc = IndexRetriever(retriever=indexed)
     assert len(lc.invoke("anything about the world")) == 4
     assert len(lc.invoke("anything about the world", k=2)) == 2
 
 
-async def test_ainvoke_matches_invoke(retriever: HybridRetriever) -> None:
-    lc = retriever.as_langchain(k=2)
+async def test_ainvoke_matches_invoke(indexed: HybridRetriever) -> None:
+    lc = IndexRetriever(retriever=indexed, k=2)
     sync = lc.invoke("sailing upwind by tacking")
     async_docs = await lc.ainvoke("sailing upwind by tacking")
     assert [d.id for d in async_docs] == [d.id for d in sync]
@@ -52,8 +53,8 @@ async def test_ainvoke_matches_invoke(retriever: HybridRetriever) -> None:
     assert len(await lc.ainvoke("sailing upwind by tacking", k=1)) == 1
 
 
-def test_filters_and_mode_pass_through(retriever: HybridRetriever) -> None:
-    lc = retriever.as_langchain(k=5, mode="bm25")
+def test_filters_and_mode_pass_through(indexed: HybridRetriever) -> None:
+    lc = IndexRetriever(retriever=indexed, k=5, mode="bm25")
     docs = lc.invoke("planet moon star", filters={"source": "astronomy.md"})
     assert docs and {d.metadata["source"] for d in docs} == {"astronomy.md"}
     assert docs[0].metadata["heading"].startswith("Astronomy notes")

@@ -1,4 +1,8 @@
-"""The index as a LangChain `BaseRetriever`, for chains and agents."""
+"""The index as a LangChain `BaseRetriever`, for chains and agents.
+
+It lives in `chains`, not `indexing`: the index knows nothing of LangChain (the layers point
+app -> chains -> indexing, enforced by `make lint`).
+"""
 
 from __future__ import annotations
 
@@ -16,15 +20,16 @@ if TYPE_CHECKING:
 class IndexRetriever(BaseRetriever):
     """Passages as Documents: `page_content` is the chunk text, metadata our clean keys plus the score.
 
-    `k`, `mode` and `filters` are defaults; each may be overridden per call
-    (`retriever.invoke(q, k=3, filters={"source": "faq.md"})`).
+    `IndexRetriever(retriever=open_retriever(settings.index), k=4)`. `k`, `mode` and `filters` are
+    defaults; each may be overridden per call (`invoke(q, k=3, filters={"source": "faq.md"})`).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     retriever: Any
-    """The HybridRetriever doing the work."""
-    k: int = Field(5, ge=1)
+    """The HybridRetriever doing the work (typed loosely so importing this module loads no index code)."""
+    k: int | None = Field(None, ge=1)
+    """Passages per call; None means the retriever's `index.top_k`."""
     mode: str = "hybrid"
     filters: dict[str, str] | None = None
 
