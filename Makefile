@@ -97,10 +97,11 @@ test: install ## Run the whole test suite (unit + integration with a real vLLM C
 test-fast: $(VENV)/.installed ## Only the tests that start no servers and need no engine environment
 	$(PY) -m pytest -m "not integration and not engine" $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed ## ruff + mypy
+lint: $(VENV)/.installed ## ruff + mypy + the import contracts between the parts (pyproject [tool.importlinter])
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: bench-serve bench-ingest eval-retrieval bench-cache bench-chains ## Run every benchmark (results in bench/results/)
 
