@@ -141,6 +141,27 @@ class ServingSettings(_Section):
     run_dir: ProjectPath = Path(".run")
     """Engine logs and the pid file of a background engine (relative paths are from the project root)."""
 
+    @model_validator(mode="after")
+    def _consistent(self) -> ServingSettings:
+        """Rules between fields, checked at load rather than by a failing engine start."""
+        if self.prompt_lookup_min > self.prompt_lookup_max:
+            raise ValueError(
+                f"serving.prompt_lookup_min ({self.prompt_lookup_min}) must not exceed "
+                f"serving.prompt_lookup_max ({self.prompt_lookup_max})"
+            )
+        if self.speculative_method in ("draft", "eagle3") and not self.draft_model:
+            raise ValueError(
+                f"serving.draft_model is required when serving.speculative_method is {self.speculative_method!r} "
+                "(an HF id or local folder of the draft model / EAGLE-3 head)"
+            )
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(
+                f"serving.max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least "
+                f"serving.max_model_len ({self.max_model_len}) when serving.enable_chunked_prefill is off "
+                "(a whole prompt is prefilled in one step)"
+            )
+        return self
+
 
 class IndexSettings(_Section):
     """Documents, the Chroma index and retrieval."""
@@ -182,6 +203,14 @@ class IndexSettings(_Section):
     """Hybrid merge: `convex` (weighted scores; beat both halves on SQuAD) or `rrf` (reciprocal rank fusion)."""
     dense_weight: float = Field(0.5, ge=0.0, le=1.0)
     """Convex fusion: weight of the cosine similarity; BM25, scaled by the query's best BM25 score, gets the rest."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IndexSettings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"index.chunk_overlap ({self.chunk_overlap}) must be smaller than index.chunk_size ({self.chunk_size})"
+            )
+        return self
 
 
 class LLMSettings(_Section):
@@ -320,6 +349,11 @@ class Settings(BaseSettings):
     def _point_llm_at_local_engine(self) -> Settings:
         """Unless told otherwise, the chains talk to the engine `make serve` starts."""
         if self.llm.base_url is None:
+            if self.llm.max_tokens >= self.serving.max_model_len:
+                raise ValueError(
+                    f"llm.max_tokens ({self.llm.max_tokens}) must be smaller than serving.max_model_len "
+                    f"({self.serving.max_model_len}) of the local engine, which must also hold the prompt"
+                )
             self.llm.base_url = f"{loopback_url(self.serving.host, self.serving.port)}/v1"
         if self.llm.model is None:
             self.llm.model = self.serving.served_model_name
@@ -339,8 +373,13 @@ def load_settings(profile: str | None = None, **overrides: Any) -> Settings:
 def _describe(exc: ValidationError) -> str:
     lines = ["invalid settings:"]
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"])
-        lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        value = err.get("input")
+        if isinstance(value, dict | BaseModel):
+            # A rule between fields: its message names them; the section itself may hold secrets.
+            lines.append(f"  {field}: {err['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"  {field}: {err['msg']} (got {value!r})")
     return "\n".join(lines)
 
 

@@ -85,12 +85,7 @@ def speculative_config(serving: ServingSettings) -> dict[str, Any] | None:
         spec["prompt_lookup_min"] = serving.prompt_lookup_min
         spec["prompt_lookup_max"] = serving.prompt_lookup_max
         return spec
-    if not serving.draft_model:
-        raise ServingError(
-            f"serving.draft_model: required when speculative_method is {serving.speculative_method!r} "
-            "(an HF id or local folder of the draft model / EAGLE-3 head)"
-        )
-    spec["model"] = serving.draft_model
+    spec["model"] = serving.draft_model  # settings require one for these methods
     return spec
 
 

@@ -156,3 +156,46 @@ def test_hub_model_ids_are_not_taken_for_paths() -> None:
 def test_a_listen_address_becomes_the_url_a_local_client_uses(host: str, url: str) -> None:
     assert loopback_url(host, 8123) == url
     assert load_settings("cpu", serving={"host": host, "port": 8123}).llm.base_url == f"{url}/v1"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fields"),
+    [
+        ({"index": {"chunk_size": 256, "chunk_overlap": 256}}, ["index.chunk_overlap", "index.chunk_size"]),
+        (
+            {"serving": {"speculative_method": "ngram", "prompt_lookup_min": 6, "prompt_lookup_max": 5}},
+            ["serving.prompt_lookup_min", "serving.prompt_lookup_max"],
+        ),
+        ({"serving": {"speculative_method": "draft"}}, ["serving.draft_model", "serving.speculative_method"]),
+        ({"serving": {"speculative_method": "eagle3"}}, ["serving.draft_model", "'eagle3'"]),
+        (
+            {"serving": {"enable_chunked_prefill": False, "max_model_len": 8192, "max_num_batched_tokens": 4096}},
+            ["serving.max_num_batched_tokens", "serving.max_model_len", "serving.enable_chunked_prefill"],
+        ),
+        ({"llm": {"max_tokens": 4096}}, ["llm.max_tokens", "serving.max_model_len"]),
+    ],
+)
+def test_rules_between_fields_are_checked_at_load_naming_the_fields(
+    overrides: dict[str, dict[str, object]], fields: list[str]
+) -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings("balanced", **overrides)
+    for field in fields:
+        assert field in str(err.value)
+
+
+def test_a_rule_between_fields_shows_no_secret_of_the_section() -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings("balanced", llm={"api_key": "s3cret-value", "max_tokens": 9000})
+    assert "llm.max_tokens" in str(err.value) and "s3cret-value" not in str(err.value)
+
+
+def test_the_rules_allow_what_they_should() -> None:
+    settings = load_settings(
+        "balanced",
+        index={"chunk_size": 256, "chunk_overlap": 255},
+        serving={"speculative_method": "draft", "draft_model": "Qwen/Qwen2.5-0.5B-Instruct", "prompt_lookup_min": 5},
+        llm={"base_url": "http://10.0.0.5:9000/v1", "max_tokens": 8192},  # another server: its own limits
+    )
+    assert settings.index.chunk_overlap == 255 and settings.serving.prompt_lookup_min == 5
+    assert settings.llm.max_tokens == 8192

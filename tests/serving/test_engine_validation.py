@@ -22,7 +22,10 @@ WRONG: dict[str, tuple[dict[str, object], str]] = {
     ),
     "misspelt quantization (local model)": ({"extra_args": ["--quantization", "gptqq"]}, "gptqq"),
     "quantization the checkpoint does not have": ({"extra_args": ["--quantization", "awq"]}, "awq"),
-    "bad speculative config": ({"prompt_lookup_min": 6, "prompt_lookup_max": 5}, "prompt_lookup_min"),
+    "bad speculative config": (  # (settings refuse min > max themselves; extra_args reach vLLM unchecked)
+        {"extra_args": ["--speculative-config", '{"method": "ngram", "prompt_lookup_min": 6, "prompt_lookup_max": 5}']},
+        "prompt_lookup_min",
+    ),
     "unknown speculative method": ({"extra_args": ["--speculative-config", '{"method": "ngramz"}']}, "method"),
     "unknown tool parser": ({"tool_call_parser": "hermez"}, "hermez"),
     "unknown flag": ({"extra_args": ["--enable-turbo"]}, "--enable-turbo"),

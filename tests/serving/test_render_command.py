@@ -10,7 +10,6 @@ import pytest
 from config import PROFILES, SettingsError, load_settings
 from config.settings import REPO_ROOT
 from serving.command import ENGINE_MODULE, render_command
-from serving.errors import ServingError
 from serving.launch import EngineServer
 
 
@@ -80,12 +79,6 @@ def test_draft_and_eagle3_speculation_name_their_model(method: str) -> None:
         "model": "Qwen/Qwen2.5-0.5B-Instruct",
         "num_speculative_tokens": 3,
     }
-
-
-def test_draft_speculation_without_a_draft_model_is_a_clear_error() -> None:
-    serving = load_settings("balanced", serving={"speculative_method": "draft"}).serving
-    with pytest.raises(ServingError, match=r"serving\.draft_model: required"):
-        render_command(serving, "cuda")
 
 
 def test_multi_gpu_and_multi_node_flags() -> None:
