@@ -25,7 +25,7 @@ from types import TracebackType
 import httpx
 
 from config.settings import REPO_ROOT, ServingSettings, loopback_url
-from serving.command import Device, EngineCommand, is_local_model, render_command, resolve_device
+from serving.command import ENGINE_MODULE, Device, EngineCommand, is_local_model, render_command, resolve_device
 from serving.errors import ServingError
 
 log = logging.getLogger("serving")
@@ -259,3 +259,31 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
             return "".join(deque(fh, maxlen=lines)).rstrip()
     except OSError:
         return "(no log written)"
+
+
+def pid_file(serving: ServingSettings) -> Path:
+    """Where a background engine (`python -m serving start`) leaves its pid."""
+    return serving.run_dir / "engine.pid"
+
+
+def write_pid_file(serving: ServingSettings, pid: int) -> None:
+    serving.run_dir.mkdir(parents=True, exist_ok=True)
+    pid_file(serving).write_text(f"{pid}\n", encoding="utf-8")
+
+
+def running_pid(serving: ServingSettings) -> int | None:
+    """The pid in the pid file if that process is still our engine; a stale file is removed.
+
+    Checking the command line means a recycled pid of some other process is never signalled.
+    """
+    path = pid_file(serving)
+    try:
+        pid = int(path.read_text(encoding="utf-8").split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (OSError, ValueError, IndexError):
+        path.unlink(missing_ok=True)
+        return None
+    if ENGINE_MODULE not in cmdline:
+        path.unlink(missing_ok=True)
+        return None
+    return pid

@@ -1,0 +1,231 @@
+"""The `python -m serving ...` commands: run, start, stop and check the vLLM engine; build the offline model.
+
+Messages go to stderr; the one result a command produces (a URL, a command line) to stdout.
+Every failure ends with one clear message and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+
+from config.settings import PROFILES, Settings, SettingsError, load_settings
+from serving.command import render_command, resolve_device, validate_in_engine
+from serving.errors import ServingError
+from serving.launch import (
+    EngineServer,
+    check_model,
+    is_healthy,
+    pid_file,
+    root_url,
+    running_pid,
+    stop_process_group,
+    write_pid_file,
+)
+from serving.tiny_model import DEFAULT_DIR, build_tiny_model, is_built
+
+log = logging.getLogger("serving")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("serving: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        return int(args.func(args))
+    except (ServingError, SettingsError) as exc:
+        print(f"serving: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("serving: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--profile", choices=PROFILES, help="settings profile (default: RAG_PROFILE or balanced)")
+        p.set_defaults(func=func)
+        return p
+
+    command("serve", _serve, "run the engine in the foreground until Ctrl-C or SIGTERM")
+    command("start", _start, "start the engine in the background and return once it is healthy")
+    command("stop", _stop, "stop the background engine started by `start`")
+    command("status", _status, "say whether the background engine runs and is healthy")
+    for name, func, help_text in (
+        ("command", _command, "print the rendered vLLM server command"),
+        ("check", _check, "validate the rendered command with vLLM's own parser (engine env, offline)"),
+    ):
+        command(name, func, help_text).add_argument(
+            "--device", choices=("cpu", "cuda"), help="render for this device (default: detected)"
+        )
+    tiny = command("tiny-model", _tiny_model, "build the offline tiny random-weights chat model")
+    tiny.add_argument("--quiet", action="store_true", help="print nothing when it is already built")
+    tiny.add_argument("--force", action="store_true", help="rebuild even when present")
+    tiny.add_argument("--path", type=Path, default=DEFAULT_DIR, help=f"target folder (default: {DEFAULT_DIR})")
+    command("demo", _demo, "ask the running engine one question and stream the answer")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.profile)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _ensure_tiny_model(settings)
+    server = EngineServer(settings.serving)
+    log.info("running: %s", server.command.shell())
+    with _stop_on_sigterm():
+        try:
+            server.start()
+            log.info("engine ready in %.0f s (log: %s); Ctrl-C stops it", server.startup_s, server.log_path)
+            print(f"OpenAI base URL: {server.base_url}", flush=True)
+            assert server.process is not None
+            code = server.process.wait()
+            raise ServingError(f"the vLLM engine exited with code {code}; see {server.log_path}")
+        except KeyboardInterrupt:
+            log.info("stopping the engine")
+            return 0
+        finally:
+            server.stop()
+
+
+def _start(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    running = running_pid(settings.serving)
+    if running is not None:
+        url = root_url(settings.serving)
+        if is_healthy(url):
+            log.info("engine already running (pid %d) and healthy", running)
+            print(f"OpenAI base URL: {url}/v1")
+            return 0
+        raise ServingError(
+            f"an engine (pid {running}) is running but {url}/health does not answer; "
+            "`python -m serving stop` it first, or check the port/profile"
+        )
+    _ensure_tiny_model(settings)
+    server = EngineServer(settings.serving, detached=True)
+    log.info("starting: %s", server.command.shell())
+    with _stop_on_sigterm():
+        server.start()
+    assert server.pid is not None
+    write_pid_file(settings.serving, server.pid)
+    log.info(
+        "engine ready in %.0f s, pid %d, log %s; stop it with `make serve-stop`",
+        server.startup_s,
+        server.pid,
+        server.log_path,
+    )
+    print(f"OpenAI base URL: {server.base_url}")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    pid = running_pid(settings.serving)
+    if pid is None:
+        log.info("no background engine is running")
+        return 0
+    stop_process_group(pid, settings.serving.shutdown_grace_s)
+    pid_file(settings.serving).unlink(missing_ok=True)
+    log.info("stopped the engine (pid %d)", pid)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    pid = running_pid(settings.serving)
+    url = root_url(settings.serving)
+    healthy = is_healthy(url)
+    where = f"pid {pid}" if pid is not None else "not started by `start`"
+    print(f"engine {'healthy' if healthy else 'not answering'} at {url}/v1 ({where})")
+    return 0 if healthy else 1
+
+
+def _command(args: argparse.Namespace) -> int:
+    serving = _settings(args).serving
+    command = render_command(serving, args.device or resolve_device(serving.device))
+    for note in command.notes:
+        log.info("%s", note)
+    print(command.shell())
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    serving = _settings(args).serving
+    check_model(serving.model)
+    command = render_command(serving, args.device or resolve_device(serving.device))
+    log.info("validating with vLLM's parser in %s: %s", command.python, command.shell())
+    [verdict] = validate_in_engine([command])
+    if verdict is not None:
+        raise ServingError(f"vLLM rejects the {command.device} command: {verdict}")
+    print(f"ok: vLLM accepts the {command.device} command")
+    return 0
+
+
+def _tiny_model(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    if build_tiny_model(args.path, force=args.force):
+        log.info("built the tiny random-weights chat model in %s (%.1f s)", args.path, time.monotonic() - started)
+    elif not args.quiet:
+        log.info("tiny model already present in %s", args.path)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from openai import OpenAI
+
+    settings = _settings(args)
+    url = root_url(settings.serving)
+    if not is_healthy(url):
+        raise ServingError(f"no healthy engine at {url}; start one with `make serve-start`")
+    if settings.serving.model == str(DEFAULT_DIR):
+        log.info("serving the tiny random-weights model: its answer is noise (set RAG_SERVING__MODEL for a real one)")
+    client = OpenAI(base_url=f"{url}/v1", api_key=settings.llm.api_key.get_secret_value())
+    question = "In one sentence: what does a retrieval-augmented chat system do?"
+    print(f"Q: {question}\nA: ", end="", flush=True)
+    stream = client.chat.completions.create(
+        model=settings.serving.served_model_name,
+        messages=[{"role": "user", "content": question}],
+        max_completion_tokens=min(settings.llm.max_tokens, 64),
+        stream=True,
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            print(chunk.choices[0].delta.content, end="", flush=True)
+    print()
+    return 0
+
+
+def _ensure_tiny_model(settings: Settings) -> None:
+    """The default model is built here on first use; any other missing model is an error later."""
+    if settings.serving.model == str(DEFAULT_DIR) and not is_built(DEFAULT_DIR):
+        log.info("building the offline tiny model into %s", DEFAULT_DIR)
+        build_tiny_model(DEFAULT_DIR)
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C, so the same clean-up path stops the engine."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
