@@ -130,8 +130,8 @@ def _search(settings: IndexSettings, args: argparse.Namespace) -> int:
             print(f"error: --filter wants KEY=VALUE, got {item!r}", file=sys.stderr)
             return EXIT_ERROR
         filters[key] = value
-    retriever = open_retriever(settings)
-    passages = retriever.retrieve(args.query, top_k=args.k, filters=filters or None, mode=args.mode)
+    with open_retriever(settings) as retriever:
+        passages = retriever.retrieve(args.query, top_k=args.k, filters=filters or None, mode=args.mode)
     if not passages:
         print("no passages found")
     for rank, p in enumerate(passages, start=1):

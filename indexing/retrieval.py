@@ -19,7 +19,7 @@ import numpy as np
 
 from config.settings import IndexSettings
 from indexing.bm25 import Bm25Index
-from indexing.errors import EmbeddingMismatchError, IndexNotFoundError
+from indexing.errors import EmbeddingMismatchError, IndexingError, IndexNotFoundError
 from indexing.layout import IndexLayout
 from indexing.manifest import Manifest, read_manifest_for_model
 from indexing.metadata import CHUNK, HEADING, PAGE, SOURCE, TITLE, chroma_where
@@ -64,12 +64,22 @@ class _View:
 class _SharedIndex:
     """One process-wide view of an index folder, swapped for a new one when the manifest changes."""
 
-    def __init__(self, settings: IndexSettings, layout: IndexLayout) -> None:
+    def __init__(self, settings: IndexSettings, layout: IndexLayout, key: tuple[Any, ...]) -> None:
         self.settings = settings
         self.layout = layout
+        self.key = key
+        self.users = 0
+        """Open retrievers on this view; the last one to close releases it."""
         self.lock = threading.RLock()
         self._stamp: tuple[int, int, int] | None = None
         self._view: _View | None = None
+
+    def release(self) -> None:
+        """Close Chroma's client (its file handles in embedded mode) and drop the loaded BM25."""
+        with self.lock:
+            if self._view is not None:
+                close_client(self._view.client)
+            self._view, self._stamp = None, None
 
     def current(self) -> _View:
         """The view for the manifest on disk now (one `stat` when nothing changed). Hold `lock`."""
@@ -107,7 +117,7 @@ _shared: dict[tuple[Any, ...], _SharedIndex] = {}
 _shared_lock = threading.Lock()
 
 
-def _shared_index(settings: IndexSettings, layout: IndexLayout) -> _SharedIndex:
+def _acquire_shared(settings: IndexSettings, layout: IndexLayout) -> _SharedIndex:
     key = (
         str(layout.root.resolve()),
         settings.collection,
@@ -118,22 +128,59 @@ def _shared_index(settings: IndexSettings, layout: IndexLayout) -> _SharedIndex:
     )
     with _shared_lock:
         if key not in _shared:
-            _shared[key] = _SharedIndex(settings, layout)
-        return _shared[key]
+            _shared[key] = _SharedIndex(settings, layout, key)
+        shared = _shared[key]
+        shared.users += 1
+        return shared
+
+
+def _release_shared(shared: _SharedIndex) -> None:
+    with _shared_lock:
+        shared.users -= 1
+        if shared.users > 0:
+            return
+        del _shared[shared.key]
+    shared.release()
 
 
 class HybridRetriever:
-    """Dense + BM25 retrieval over one index, fused as `index.fusion` says (convex scores or RRF)."""
+    """Dense + BM25 retrieval over one index, fused as `index.fusion` says (convex scores or RRF).
+
+    `close()` it (or use it as a context manager) when done: the last retriever of an index in
+    the process releases Chroma's client and the loaded BM25.
+    """
 
     def __init__(self, settings: IndexSettings, shared: _SharedIndex, embed_model: HuggingFaceEmbedding) -> None:
         self.settings = settings
         self._shared = shared
         self._embed = embed_model
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Release this retriever's hold on the index (idempotent); later calls raise IndexingError."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        _release_shared(self._shared)
+
+    def __enter__(self) -> HybridRetriever:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _current(self) -> _View:
+        """The current view of the index. Hold `self._shared.lock`."""
+        if self._closed:
+            raise IndexingError("this retriever is closed; open another with open_retriever()")
+        return self._shared.current()
 
     @property
     def manifest(self) -> Manifest:
         with self._shared.lock:
-            return self._shared.current().manifest
+            return self._current().manifest
 
     @property
     def index_version(self) -> str:
@@ -166,7 +213,7 @@ class HybridRetriever:
         if mode != "bm25":
             vector = list(query_embedding) if query_embedding is not None else self._embed.get_query_embedding(query)
         with self._shared.lock:
-            view = self._shared.current()
+            view = self._current()
             if view.manifest.chunks == 0:
                 return []
             depth = min(view.manifest.chunks, k if mode != "hybrid" else max(k, self.settings.candidates_k))
@@ -213,16 +260,20 @@ def open_retriever(settings: IndexSettings, *, embed_model: HuggingFaceEmbedding
 
     layout = IndexLayout(settings.index_dir)
     layout.require_index()
-    shared = _shared_index(settings, layout)
-    with shared.lock:
-        manifest = shared.current().manifest
-    model = embed_model or load_embedding(settings.embed_model, settings.embed_batch_size)
-    dimension = embedding_dimension(model)
-    if dimension != manifest.embed_dimension:
-        raise EmbeddingMismatchError(
-            f"the index at {layout.root} holds {manifest.embed_dimension}-d vectors but the embedding model "
-            f"gives {dimension}-d ones; it was built with {manifest.embed_model!r}"
-        )
+    shared = _acquire_shared(settings, layout)
+    try:
+        with shared.lock:
+            manifest = shared.current().manifest
+        model = embed_model or load_embedding(settings.embed_model, settings.embed_batch_size)
+        dimension = embedding_dimension(model)
+        if dimension != manifest.embed_dimension:
+            raise EmbeddingMismatchError(
+                f"the index at {layout.root} holds {manifest.embed_dimension}-d vectors but the embedding model "
+                f"gives {dimension}-d ones; it was built with {manifest.embed_model!r}"
+            )
+    except BaseException:
+        _release_shared(shared)
+        raise
     return HybridRetriever(settings, shared, model)
 
 
