@@ -15,13 +15,12 @@ import dataclasses
 import hashlib
 import logging
 import os
-import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.schema import BaseNode, Document, MetadataMode
@@ -48,8 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FAILPOINT_ENV = "RAGCHAT_INGEST_FAILPOINT"
-"""Test-only fault injection: `<stage>:<n>` stalls the n-th time <stage> is reached (tests SIGKILL it there)."""
+Stage = Literal["after_vector_write", "after_commit"]
+"""Points of a batch where `on_stage` is called: its chunks are in Chroma; its docstore commit is done."""
 
 
 def ingest(
@@ -59,8 +58,12 @@ def ingest(
     prune: bool = False,
     progress: bool | None = None,
     embed_model: HuggingFaceEmbedding | None = None,
+    on_stage: Callable[[Stage], None] | None = None,
 ) -> IngestReport:
     """Bring the index up to date with `paths` (default: `settings.docs_dir`); see IngestReport.
+
+    `on_stage` is called at each `Stage` of every batch: tests kill the process there to prove a
+    killed ingest heals.
 
     Relative `paths` are taken from the current directory, like any command-line path; relative
     settings paths from the repository root. Raises IndexingError subclasses for whole-run
@@ -72,7 +75,7 @@ def ingest(
         raise layout.foreign_error()
     layout.root.mkdir(parents=True, exist_ok=True)
     with WriterLock(layout.lock):
-        run = _IngestRun(settings, layout, embed_model, progress)
+        run = _IngestRun(settings, layout, embed_model, progress, on_stage)
         roots = [Path(os.path.abspath(p)) for p in paths] if paths else [settings.docs_dir]
         return run.run(roots, prune)
 
@@ -87,7 +90,12 @@ class _Pending:
 
 class _IngestRun:
     def __init__(
-        self, settings: IndexSettings, layout: IndexLayout, model: HuggingFaceEmbedding | None, progress: bool | None
+        self,
+        settings: IndexSettings,
+        layout: IndexLayout,
+        model: HuggingFaceEmbedding | None,
+        progress: bool | None,
+        on_stage: Callable[[Stage], None] | None,
     ) -> None:
         self.settings = settings
         self.layout = layout
@@ -99,7 +107,7 @@ class _IngestRun:
         self.max_bytes = int(settings.max_file_mb * 1_000_000)
         self._pipeline: IngestionPipeline | None = None
         self._chunk_size: int | None = None
-        self._failpoint = _Failpoint.from_env()
+        self._on_stage = on_stage or _no_hook
         self._collection: Collection | None = None
         self._progress: IngestProgress | None = None
 
@@ -296,7 +304,7 @@ class _IngestRun:
         started = time.perf_counter()
         nodes = self.pipeline.run(documents=[d for p in batch for d in p.docs])
         report.embed_seconds += time.perf_counter() - started
-        self._failpoint.reach("after_vector_write")
+        self._on_stage("after_vector_write")
         by_source: dict[str, list[BaseNode]] = defaultdict(list)
         for node in nodes:
             by_source[str(node.metadata[SOURCE])].append(node)
@@ -315,7 +323,7 @@ class _IngestRun:
             entries.append((self._record(p, len(rows)), rows))
             (report.updated if p.known else report.added).append(p.file.source)
         docstore.commit(entries)
-        self._failpoint.reach("after_commit")
+        self._on_stage("after_commit")
         report.chunks_written += len(nodes)
         if self._progress is not None:
             self._progress.batch_done()
@@ -382,23 +390,5 @@ def _read_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
-@dataclass
-class _Failpoint:
-    stage: str | None
-    at: int
-    count: int = 0
-
-    @classmethod
-    def from_env(cls) -> _Failpoint:
-        spec = os.environ.get(FAILPOINT_ENV, "")
-        stage, _, n = spec.partition(":")
-        return cls(stage or None, int(n or 1))
-
-    def reach(self, stage: str) -> None:
-        if stage != self.stage:
-            return
-        self.count += 1
-        if self.count == self.at:
-            print(f"FAILPOINT {stage}:{self.at} reached", file=sys.stderr, flush=True)
-            while True:  # hold still until the test kills this process
-                time.sleep(3600)
+def _no_hook(stage: Stage) -> None:
+    """The default `on_stage`: nothing happens between the steps of a batch."""

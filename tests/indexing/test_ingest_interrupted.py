@@ -18,9 +18,10 @@ from indexing.bm25 import Bm25Index
 from indexing.docstore import DocStore, Inflight
 from indexing.layout import IndexLayout
 from indexing.manifest import read_manifest
-from indexing.pipeline import FAILPOINT_ENV, ingest
+from indexing.pipeline import ingest
 from indexing.report import IngestReport
 from tests.indexing.index_fixtures import PYTHON, chroma_records, cli_env
+from tests.indexing.stalled_ingest import STALLED
 
 TOPICS = ["rivers", "glaciers", "deserts", "forests", "oceans", "caves"]
 
@@ -60,11 +61,14 @@ def snapshot(settings: IndexSettings) -> dict[str, Any]:
     }
 
 
-def kill_at(settings: IndexSettings, failpoint: str) -> None:
-    """Run the CLI ingest until it reaches `failpoint`, then SIGKILL it."""
-    env = cli_env(settings, **{FAILPOINT_ENV: failpoint})
+def kill_at(settings: IndexSettings, stage: str, nth: int) -> None:
+    """Run an ingest until it reaches `stage` for the `nth` time, then SIGKILL it."""
     proc = subprocess.Popen(
-        [PYTHON, "-m", "indexing", "ingest", "--quiet"], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True
+        [PYTHON, "-m", "tests.indexing.stalled_ingest", stage, str(nth)],
+        cwd=REPO_ROOT,
+        env=cli_env(settings),
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stderr is not None
     selector = selectors.DefaultSelector()
@@ -72,9 +76,9 @@ def kill_at(settings: IndexSettings, failpoint: str) -> None:
     deadline = time.monotonic() + 180
     seen = ""
     try:
-        while "FAILPOINT" not in seen:
+        while STALLED not in seen:
             if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail(f"ingest never reached {failpoint} (exit {proc.poll()}):\n{seen}")
+                pytest.fail(f"ingest never reached {stage}:{nth} (exit {proc.poll()}):\n{seen}")
             if selector.select(timeout=1):
                 seen += proc.stderr.readline()
         os.kill(proc.pid, signal.SIGKILL)
@@ -97,18 +101,19 @@ def reference(tmp_path_factory: pytest.TempPathFactory, embed_model: Any) -> tup
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.parametrize("failpoint", ["after_vector_write:2", "after_commit:1"])
+@pytest.mark.parametrize(("stage", "nth"), [("after_vector_write", 2), ("after_commit", 1)])
 def test_killed_ingest_heals_to_the_uninterrupted_index(
     tmp_path: Path,
     reference: tuple[IndexSettings, dict[str, Any]],
     run_ingest: Callable[..., IngestReport],
-    failpoint: str,
+    stage: str,
+    nth: int,
 ) -> None:
     clean, expected = reference
     assert len(expected["chunks"]) > 20 and len(expected["docs"]) == len(TOPICS)
     interrupted = clean.model_copy(update={"index_dir": tmp_path / "killed"})
 
-    kill_at(interrupted, failpoint)
+    kill_at(interrupted, stage, nth)
     broken = snapshot(interrupted)
     assert broken["manifest"] != expected["manifest"], "the kill should leave the index incomplete"
     assert broken["chunks"] and 0 < len(broken["docs"]) < len(TOPICS)  # stored, but not all committed
