@@ -121,14 +121,37 @@ class RagAgent:
         chat_model: BaseChatModel | None = None,
         cache: SemanticCache | None = None,
     ) -> RagAgent:
-        """The agent the settings describe; pass parts to replace the ones it would build."""
+        """The agent the settings describe; pass parts to replace the ones it would build.
+
+        When building fails, the parts built so far are closed before the error propagates.
+        """
         owned: list[object] = []
+        clients: list[Any] = []
+        try:
+            return cls._build(
+                settings, retriever=retriever, chat_model=chat_model, cache=cache, owned=owned, clients=clients
+            )
+        except BaseException:
+            _release(owned, clients)
+            raise
+
+    @classmethod
+    def _build(
+        cls,
+        settings: Settings,
+        *,
+        retriever: HybridRetriever | None,
+        chat_model: BaseChatModel | None,
+        cache: SemanticCache | None,
+        owned: list[object],
+        clients: list[Any],
+    ) -> RagAgent:
+        """`from_settings`'s work; what it builds goes into `owned`/`clients` as soon as it exists."""
         if retriever is None:
             from indexing.retrieval import open_retriever
 
             retriever = open_retriever(settings.index)
             owned.append(retriever)
-        clients: list[Any] = []
         if chat_model is None:
             chat_model = make_chat_model(settings.llm)
             clients.append(chat_model.http_async_client)
@@ -212,10 +235,7 @@ class RagAgent:
             return
         self._runner.run(self._aclose())
         self._runner.close()
-        for part in self._owned:
-            close = getattr(part, "close", None)
-            if callable(close):
-                close()
+        _close_parts(self._owned)
 
     async def _aclose(self) -> None:
         for client in self._owned_clients:
@@ -416,3 +436,22 @@ class _Turn:
             steps=tuple(self.trace.steps),
             error=error,
         )
+
+
+def _close_parts(parts: list[object]) -> None:
+    for part in reversed(parts):
+        close = getattr(part, "close", None)
+        if callable(close):
+            close()
+
+
+def _release(parts: list[object], clients: list[Any]) -> None:
+    """Close what a failed `from_settings` built; async HTTP clients close on a throwaway loop."""
+    _close_parts(parts)
+    if clients:
+        runner = LoopThread(name="rag-agent-cleanup")
+        try:
+            for client in clients:
+                runner.run(client.aclose())
+        finally:
+            runner.close()

@@ -132,3 +132,14 @@ def cli_env(settings: IndexSettings, **extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def open_files_under(folder: Path) -> int:
+    """File descriptors of this process pointing into `folder` (Linux /proc): what a close must release."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith(f"{folder}{os.sep}")
+        except OSError:  # closed between listdir and readlink
+            continue
+    return count

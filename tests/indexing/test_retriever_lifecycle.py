@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +11,7 @@ import pytest
 from config.settings import IndexSettings
 from indexing import IndexingError, open_retriever
 from indexing.pipeline import ingest
-from tests.indexing.index_fixtures import write_fixture_corpus
-
-
-def open_files_under(folder: Path) -> int:
-    """File descriptors of this process pointing into `folder` (Linux /proc)."""
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            count += os.readlink(f"/proc/self/fd/{fd}").startswith(f"{folder}{os.sep}")
-        except OSError:  # closed between listdir and readlink
-            continue
-    return count
+from tests.indexing.index_fixtures import open_files_under, write_fixture_corpus
 
 
 @pytest.fixture
