@@ -268,7 +268,7 @@ class _IngestRun:
     ) -> _Pending | None:
         shown = str(f.path)
         try:
-            data = _read_bytes(f.path)
+            data = f.path.read_bytes()
         except FileNotFoundError:
             report.failed.append(Problem(shown, "vanished during ingest (deleted or moved while it ran)"))
             return None
@@ -384,10 +384,6 @@ class _IngestRun:
             write_manifest(self.layout.manifest, updated)
             bm25.prune_versions(self.layout.bm25, keep={version, manifest.bm25_dir or version})
         report.version, report.documents, report.chunks = version, documents, chunks
-
-
-def _read_bytes(path: Path) -> bytes:
-    return path.read_bytes()
 
 
 def _no_hook(stage: Stage) -> None:

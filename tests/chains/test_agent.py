@@ -249,16 +249,20 @@ def test_no_conversation_id_starts_a_new_conversation(make_agent: Any) -> None:
 
 
 @pytest.mark.parametrize("verify", [True, False])
-def test_verify_with_model_setting_gives_the_cache_the_served_model_as_verifier(
+def test_verify_with_model_asks_the_served_model_before_answering_from_the_cache(
     unit_settings: Settings, retriever: Any, verify: bool
 ) -> None:
     settings = unit_settings.model_copy(
         update={"cache": unit_settings.cache.model_copy(update={"enabled": True, "verify_with_model": verify})}
     )
-    with RagAgent.from_settings(settings, retriever=retriever) as agent:
-        cache = agent._cache
-        assert cache is not None
-        assert (cache._verifier is not None) is verify
+    model = ScriptedChatModel(script=["Parts and labour for two years [1].", "Yes."])
+    with RagAgent.from_settings(settings, retriever=retriever, chat_model=model) as agent:
+        first = agent.invoke(WARRANTY_Q)
+        again = agent.invoke(WARRANTY_Q)  # a new conversation: answered from the cache
+
+    assert not first.cached and again.cached and again.answer == first.answer
+    # the verifier's yes/no question is the one call that is neither an agent nor a condense call
+    assert [kind(c) for c in model.calls] == (["agent", "other"] if verify else ["agent"])
 
 
 def test_retrieval_reuses_the_cache_lookups_question_vector(
@@ -286,13 +290,23 @@ def test_retrieval_reuses_the_cache_lookups_question_vector(
 
 
 def test_a_cache_on_another_embedding_model_never_lends_its_vector(
-    unit_settings: Settings, retriever: Any, embed_model: Any, tmp_path: Path
+    unit_settings: Settings, retriever: Any, embed_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from chains.cache import SemanticCache
 
-    for name, shared in ((unit_settings.index.embed_model, True), ("another-model", False)):
+    seen: list[Any] = []
+    retrieve = retriever.retrieve
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("query_embedding"))
+        return retrieve(*args, **kwargs)
+
+    monkeypatch.setattr(retriever, "retrieve", spy)
+    for name in (unit_settings.index.embed_model, "another-model"):
         cache = SemanticCache(tmp_path / name, embed_model, name, 0.85, 3600)
-        with RagAgent(
-            unit_settings, retriever=retriever, chat_model=ScriptedChatModel(script=[]), cache=cache
-        ) as agent:
-            assert agent._share_vector is shared
+        model = ScriptedChatModel(script=["It covers parts [1]."])
+        with RagAgent(unit_settings, retriever=retriever, chat_model=model, cache=cache) as agent:
+            agent.invoke(WARRANTY_Q)
+
+    same_model, other_model = seen
+    assert same_model is not None and other_model is None  # the other model's vector would not fit the index

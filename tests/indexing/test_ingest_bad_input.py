@@ -12,7 +12,6 @@ from pypdf import PdfReader, PdfWriter
 
 from bench.corpus import pdf_bytes
 from config.settings import IndexSettings
-from indexing import pipeline
 from indexing.errors import NotAnIndexError
 from indexing.report import IngestReport
 from tests.indexing.index_fixtures import FIXTURE_SOURCES, chroma_records
@@ -119,14 +118,14 @@ def test_file_vanishing_during_ingest(
     """Another process deletes a file between the scan and the read."""
     (docs / "doomed.md").write_text("# Doomed\n\nDeleted while the ingest runs.\n", encoding="utf-8")
     (docs / "fresh.md").write_text("# Fresh\n\nStill here.\n", encoding="utf-8")
-    real_read = pipeline._read_bytes
+    real_read = Path.read_bytes
 
     def read_after_delete(path: Path) -> bytes:
         if path.name == "doomed.md":
             path.unlink()
         return real_read(path)
 
-    monkeypatch.setattr(pipeline, "_read_bytes", read_after_delete)
+    monkeypatch.setattr(Path, "read_bytes", read_after_delete)
     report = run_ingest(settings)
 
     assert reasons(report)["doomed.md"].startswith("vanished during ingest")

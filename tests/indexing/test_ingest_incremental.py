@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+from llama_index.core.base.embeddings.base import BaseEmbedding
 
 from config.settings import IndexSettings
 from indexing.bm25 import Bm25Index
@@ -37,13 +37,13 @@ def bm25_ids(settings: IndexSettings) -> set[str]:
 def embed_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Texts sent to the embedder, per call (spies on the real model, which still runs)."""
     calls: list[int] = []
-    real = HuggingFaceEmbedding._get_text_embeddings
+    real = BaseEmbedding.get_text_embedding_batch
 
-    def spy(self: HuggingFaceEmbedding, texts: list[str]) -> Any:
+    def spy(self: BaseEmbedding, texts: list[str], *args: Any, **kwargs: Any) -> Any:
         calls.append(len(texts))
-        return real(self, texts)
+        return real(self, texts, *args, **kwargs)
 
-    monkeypatch.setattr(HuggingFaceEmbedding, "_get_text_embeddings", spy)
+    monkeypatch.setattr(BaseEmbedding, "get_text_embedding_batch", spy)
     return calls
 
 

@@ -61,8 +61,13 @@ def test_a_folder_without_config_json_is_not_a_model(tmp_path: Path) -> None:
         check_model(str(tmp_path))
 
 
-def test_hub_ids_are_left_to_vllm() -> None:
-    check_model("Qwen/Qwen2.5-7B-Instruct-AWQ")  # no local check, no error
+def test_hub_ids_pass_the_local_model_check_and_reach_vllm_unchanged(busy_port: int) -> None:
+    hub_id = "Qwen/Qwen2.5-7B-Instruct-AWQ"
+    server = EngineServer(load_settings("test", serving={"port": busy_port, "model": hub_id}).serving)
+    # start() checks the model, then the port: failing on the port means the hub id was let through
+    with pytest.raises(ServingError, match="already in use"):
+        server.start()
+    assert server.command.value("--model") == hub_id and "HF_HUB_OFFLINE" not in server.command.env
 
 
 def test_port_in_use_fails_before_spawning_anything(busy_port: int, tiny_model_path: Path) -> None:
