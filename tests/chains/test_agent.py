@@ -265,10 +265,9 @@ def test_verify_with_model_asks_the_served_model_before_answering_from_the_cache
     assert [kind(c) for c in model.calls] == (["agent", "other"] if verify else ["agent"])
 
 
-def test_retrieval_reuses_the_cache_lookups_question_vector(
-    unit_settings: Settings, retriever: Any, embed_model: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = unit_settings.model_copy(update={"cache": unit_settings.cache.model_copy(update={"enabled": True})})
+@pytest.fixture
+def vectors_retrieval_got(retriever: Any, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The `query_embedding` of every retrieval call (None: retrieval embedded the question itself)."""
     seen: list[Any] = []
     retrieve = retriever.retrieve
 
@@ -277,6 +276,13 @@ def test_retrieval_reuses_the_cache_lookups_question_vector(
         return retrieve(*args, **kwargs)
 
     monkeypatch.setattr(retriever, "retrieve", spy)
+    return seen
+
+
+def test_retrieval_reuses_the_cache_lookups_question_vector(
+    unit_settings: Settings, retriever: Any, embed_model: Any, vectors_retrieval_got: list[Any]
+) -> None:
+    settings = unit_settings.model_copy(update={"cache": unit_settings.cache.model_copy(update={"enabled": True})})
     standalone = "How long does X200 shipping to Norway take?"
     script = [AIMessage("It covers parts [1]."), AIMessage(standalone), AIMessage("Five days [1]."), "Ok [1]."]
     with RagAgent.from_settings(settings, retriever=retriever, chat_model=ScriptedChatModel(script=script)) as agent:
@@ -284,29 +290,22 @@ def test_retrieval_reuses_the_cache_lookups_question_vector(
         agent.invoke("and shipping?", "v1")  # condensed first: the vector is the standalone question's
         agent.invoke("What about returns?", use_cache=False)  # no lookup: retrieval embeds it itself
 
+    seen = vectors_retrieval_got
     assert len(seen) == 3 and seen[2] is None
     assert seen[0] == pytest.approx(embed_model.get_query_embedding(WARRANTY_Q), abs=1e-5)
     assert seen[1] == pytest.approx(embed_model.get_query_embedding(standalone), abs=1e-5)
 
 
 def test_a_cache_on_another_embedding_model_never_lends_its_vector(
-    unit_settings: Settings, retriever: Any, embed_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    unit_settings: Settings, retriever: Any, embed_model: Any, tmp_path: Path, vectors_retrieval_got: list[Any]
 ) -> None:
     from chains.cache import SemanticCache
 
-    seen: list[Any] = []
-    retrieve = retriever.retrieve
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        seen.append(kwargs.get("query_embedding"))
-        return retrieve(*args, **kwargs)
-
-    monkeypatch.setattr(retriever, "retrieve", spy)
     for name in (unit_settings.index.embed_model, "another-model"):
         cache = SemanticCache(tmp_path / name, embed_model, name, 0.85, 3600)
         model = ScriptedChatModel(script=["It covers parts [1]."])
         with RagAgent(unit_settings, retriever=retriever, chat_model=model, cache=cache) as agent:
             agent.invoke(WARRANTY_Q)
 
-    same_model, other_model = seen
+    same_model, other_model = vectors_retrieval_got
     assert same_model is not None and other_model is None  # the other model's vector would not fit the index
