@@ -144,22 +144,27 @@ def test_summary_memory_replaces_old_turns_once_history_passes_the_budget(
         settings,
     )
     agent.invoke("first question?", "c5")
-    agent.invoke("second question?", "c5")
+    agent.invoke("and the second question?", "c5")
     assert [kind(c) for c in model.calls] == ["agent", "condense", "agent"]  # 3 messages: nothing to drop yet
-    agent.invoke("third question?", "c5")
+    agent.invoke("and the third question?", "c5")
 
     assert [kind(c) for c in model.calls] == ["agent", "condense", "agent", "condense", "summary", "agent"]
     assert "first question?" in model.calls[4][-1].text  # the summary call saw the oldest turn
     history = agent.history("c5")
     assert is_summary(history[0]) and "SUMMARY OF EARLY TURNS" in history[0].text
     # summary + the kept turn (2 messages) + the question, then the new answer
-    assert [m.text for m in history[1:]] == ["second question?", long_answer, "third question?", "Short [1]."]
+    assert [m.text for m in history[1:]] == [
+        "and the second question?",
+        long_answer,
+        "and the third question?",
+        "Short [1].",
+    ]
     final = model.calls[5]
     # Prefix layout: system prompt, summary, kept turns, then passages + question.
     assert final[0].text == SYSTEM_PROMPT
     assert "SUMMARY OF EARLY TURNS" in final[1].text
-    assert final[2].text == "second question?"
-    assert final[-1].text.startswith("Passages:") and final[-1].text.endswith("Question: third question?")
+    assert final[2].text == "and the second question?"
+    assert final[-1].text.startswith("Passages:") and final[-1].text.endswith("Question: and the third question?")
 
 
 def test_stream_yields_text_pieces_then_the_same_result(make_agent: Any) -> None:
@@ -265,12 +270,12 @@ def test_retrieval_reuses_the_cache_lookups_question_vector(
     unit_settings: Settings, retriever: Any, embed_model: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = unit_settings.model_copy(update={"cache": unit_settings.cache.model_copy(update={"enabled": True})})
-    seen: list[Any] = []
+    seen: dict[str, Any] = {}
     retrieve = retriever.retrieve
 
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        seen.append(kwargs.get("query_embedding"))
-        return retrieve(*args, **kwargs)
+    def spy(query: str, *args: Any, **kwargs: Any) -> Any:
+        seen[query] = kwargs.get("query_embedding")
+        return retrieve(query, *args, **kwargs)
 
     monkeypatch.setattr(retriever, "retrieve", spy)
     standalone = "How long does X200 shipping to Norway take?"
@@ -280,9 +285,11 @@ def test_retrieval_reuses_the_cache_lookups_question_vector(
         agent.invoke("and shipping?", "v1")  # condensed first: the vector is the standalone question's
         agent.invoke("What about returns?", use_cache=False)  # no lookup: retrieval embeds it itself
 
-    assert len(seen) == 3 and seen[2] is None
-    assert seen[0] == pytest.approx(embed_model.get_query_embedding(WARRANTY_Q), abs=1e-5)
-    assert seen[1] == pytest.approx(embed_model.get_query_embedding(standalone), abs=1e-5)
+    # The follow-up also retrieves with the question as asked, which the cache never embedded.
+    assert set(seen) == {WARRANTY_Q, standalone, "and shipping?", "What about returns?"}
+    assert seen["and shipping?"] is None and seen["What about returns?"] is None
+    assert seen[WARRANTY_Q] == pytest.approx(embed_model.get_query_embedding(WARRANTY_Q), abs=1e-5)
+    assert seen[standalone] == pytest.approx(embed_model.get_query_embedding(standalone), abs=1e-5)
 
 
 def test_a_cache_on_another_embedding_model_never_lends_its_vector(
