@@ -280,11 +280,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
             ax.text(x, v + 0.01, f"{v:.2f}", ha="center", fontsize=7)
     ax.set_xticks(range(len(KINDS)))
     ax.set_xticklabels(["(a) human rewrites", "(b) offline model's rewrites", "(c) question + noise"])
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(0, 1.2)
     ax.set_ylabel("hit@5")
     n = result["report"]["rules"]["follow_ups"]
     ax.set_title(f"Follow-up retrieval, report half ({n} follow-ups; thresholds tuned on the other half)")
-    ax.legend(ncol=4, fontsize=8, loc="lower right")
+    ax.legend(ncol=4, fontsize=8, loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
