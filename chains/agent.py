@@ -1,7 +1,8 @@
 """`RagAgent`: answers questions from the index, streaming, with citations, memory and a cache.
 
 A turn: validate the question; rewrite a follow-up into a standalone question (skipped without
-history); look it up in the semantic cache; retrieve passages; run the LangChain agent with those
+history or when the question names its subject; a rewrite that fails the checks in
+`chains.followups` is not used); look it up in the semantic cache; retrieve passages; run the LangChain agent with those
 passages already in its first prompt; stream its text; store the turn in the conversation and the
 answer in the cache. When the model server cannot answer, the turn still returns, within the
 configured timeout, the top passages with citations, marked `retrieval_only`.
@@ -28,6 +29,7 @@ from langchain_core.runnables import RunnableConfig
 from chains.condense import condense_question, has_turns
 from chains.context import PassageRegistry, TurnContext
 from chains.conversations import Conversations, open_checkpointer, thread_config
+from chains.followups import fuse, needs_history, rejection
 from chains.llm import endpoint, idle_limited, make_chat_model, unavailable_reason, within
 from chains.loop_thread import LoopThread
 from chains.middleware import (
@@ -45,7 +47,7 @@ from config.settings import Settings
 
 if TYPE_CHECKING:
     from chains.cache import CacheHit, CacheScope, CacheStats, SemanticCache
-    from indexing.retrieval import HybridRetriever
+    from indexing.retrieval import HybridRetriever, Passage
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +275,7 @@ class RagAgent:
                     return
                 vector = self._question_vector(turn.standalone)
             with turn.trace.stage("retrieval"):
-                passages = await self._retriever.aretrieve(turn.standalone, query_embedding=vector)
+                passages = await self._retrieve(turn, vector)
             registry = PassageRegistry(self._settings.chains.context_token_budget)
             context = TurnContext(str(turn.asked.id), registry.add(passages), registry, turn.trace)
             pieces: list[str] = []
@@ -300,16 +302,21 @@ class RagAgent:
             yield result
 
     async def _condense(self, turn: _Turn, history: list[BaseMessage]) -> str | None:
-        """Rewrite the follow-up into `turn.standalone`; on model failure keep the question and
-        return why."""
+        """Rewrite the follow-up into `turn.standalone` when it needs the history and the rewrite
+        passes the checks (the notices say which question was used); on model failure keep the
+        question and return why."""
+        question = turn.asked.text
+        if not needs_history(question):
+            turn.notices.append("not rewritten: the question names its subject")
+            return None
         with turn.trace.stage("condense"):
             try:
-                turn.standalone = await within(
+                rewrite = await within(
                     condense_question(
                         self._model,
                         self._tools,
                         history,
-                        turn.asked.text,
+                        question,
                         max_question_tokens=self._settings.chains.max_question_tokens,
                         config={"callbacks": [LLMCallTracer(turn.trace)]},
                     ),
@@ -321,7 +328,22 @@ class RagAgent:
                     raise
                 turn.notices.append(f"follow-up not rewritten: {failure}")
                 return failure
+        reason = rejection(question, rewrite)
+        if reason is not None:
+            turn.notices.append(f"rewrite not used, {reason}: {rewrite[:200]!r}")
+        elif rewrite != question:
+            turn.standalone = rewrite
+            turn.notices.append(f"follow-up rewritten as {rewrite!r}; retrieval used it and the question as asked")
         return None
+
+    async def _retrieve(self, turn: _Turn, vector: list[float] | None) -> list[Passage]:
+        """Passages for the standalone question; for a rewritten follow-up, fused with those of the
+        question as asked, so a wrong rewrite cannot push out what the question alone finds."""
+        rewritten = self._retriever.aretrieve(turn.standalone, query_embedding=vector)
+        if turn.standalone == turn.asked.text:
+            return await rewritten
+        both = await asyncio.gather(rewritten, self._retriever.aretrieve(turn.asked.text))
+        return fuse(*both, self._retriever.settings.top_k, self._retriever.settings.rrf_k)
 
     async def _agent_text(self, cid: str, asked: HumanMessage, context: TurnContext) -> AsyncIterator[str]:
         """The agent's answer text as the model streams it (tool-call messages carry none)."""

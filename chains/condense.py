@@ -38,7 +38,8 @@ async def condense_question(
     max_question_tokens: int,
     config: RunnableConfig | None = None,
 ) -> str:
-    """A self-contained version of `question`; the question itself when the model returns none.
+    """The model's self-contained version of `question` (its first non-empty line; "" when it gave
+    none). The caller checks it (`chains.followups.rejection`) before using it.
 
     `tools` are offered but may not be called (`tool_choice="none"`): they are part of the prompt
     prefix the answer call uses. The rewrite may add the subject the follow-up refers to, so its
@@ -50,4 +51,4 @@ async def condense_question(
     response = await bound.ainvoke(messages, config=config, max_tokens=limit)
     lines = [line.strip().strip("\"'") for line in response.text.splitlines()]
     standalone = next((line for line in lines if line), "")
-    return truncate_to_tokens(standalone, max_question_tokens) or question
+    return truncate_to_tokens(standalone, max_question_tokens)

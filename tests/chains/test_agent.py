@@ -144,22 +144,27 @@ def test_summary_memory_replaces_old_turns_once_history_passes_the_budget(
         settings,
     )
     agent.invoke("first question?", "c5")
-    agent.invoke("second question?", "c5")
+    agent.invoke("and the second question?", "c5")
     assert [kind(c) for c in model.calls] == ["agent", "condense", "agent"]  # 3 messages: nothing to drop yet
-    agent.invoke("third question?", "c5")
+    agent.invoke("and the third question?", "c5")
 
     assert [kind(c) for c in model.calls] == ["agent", "condense", "agent", "condense", "summary", "agent"]
     assert "first question?" in model.calls[4][-1].text  # the summary call saw the oldest turn
     history = agent.history("c5")
     assert is_summary(history[0]) and "SUMMARY OF EARLY TURNS" in history[0].text
     # summary + the kept turn (2 messages) + the question, then the new answer
-    assert [m.text for m in history[1:]] == ["second question?", long_answer, "third question?", "Short [1]."]
+    assert [m.text for m in history[1:]] == [
+        "and the second question?",
+        long_answer,
+        "and the third question?",
+        "Short [1].",
+    ]
     final = model.calls[5]
     # Prefix layout: system prompt, summary, kept turns, then passages + question.
     assert final[0].text == SYSTEM_PROMPT
     assert "SUMMARY OF EARLY TURNS" in final[1].text
-    assert final[2].text == "second question?"
-    assert final[-1].text.startswith("Passages:") and final[-1].text.endswith("Question: third question?")
+    assert final[2].text == "and the second question?"
+    assert final[-1].text.startswith("Passages:") and final[-1].text.endswith("Question: and the third question?")
 
 
 def test_stream_yields_text_pieces_then_the_same_result(make_agent: Any) -> None:
@@ -266,21 +271,21 @@ def test_verify_with_model_asks_the_served_model_before_answering_from_the_cache
 
 
 @pytest.fixture
-def vectors_retrieval_got(retriever: Any, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The `query_embedding` of every retrieval call (None: retrieval embedded the question itself)."""
-    seen: list[Any] = []
+def vectors_retrieval_got(retriever: Any, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """(query, `query_embedding`) of every retrieval call (None: retrieval embedded the question itself)."""
+    seen: list[tuple[str, Any]] = []
     retrieve = retriever.retrieve
 
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        seen.append(kwargs.get("query_embedding"))
-        return retrieve(*args, **kwargs)
+    def spy(query: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append((query, kwargs.get("query_embedding")))
+        return retrieve(query, *args, **kwargs)
 
     monkeypatch.setattr(retriever, "retrieve", spy)
     return seen
 
 
 def test_retrieval_reuses_the_cache_lookups_question_vector(
-    unit_settings: Settings, retriever: Any, embed_model: Any, vectors_retrieval_got: list[Any]
+    unit_settings: Settings, retriever: Any, embed_model: Any, vectors_retrieval_got: list[tuple[str, Any]]
 ) -> None:
     settings = unit_settings.model_copy(update={"cache": unit_settings.cache.model_copy(update={"enabled": True})})
     standalone = "How long does X200 shipping to Norway take?"
@@ -290,14 +295,20 @@ def test_retrieval_reuses_the_cache_lookups_question_vector(
         agent.invoke("and shipping?", "v1")  # condensed first: the vector is the standalone question's
         agent.invoke("What about returns?", use_cache=False)  # no lookup: retrieval embeds it itself
 
-    seen = vectors_retrieval_got
-    assert len(seen) == 3 and seen[2] is None
-    assert seen[0] == pytest.approx(embed_model.get_query_embedding(WARRANTY_Q), abs=1e-5)
-    assert seen[1] == pytest.approx(embed_model.get_query_embedding(standalone), abs=1e-5)
+    seen = dict(vectors_retrieval_got)
+    # The follow-up also retrieves with the question as asked, which the cache never embedded.
+    assert set(seen) == {WARRANTY_Q, standalone, "and shipping?", "What about returns?"}
+    assert seen["and shipping?"] is None and seen["What about returns?"] is None
+    assert seen[WARRANTY_Q] == pytest.approx(embed_model.get_query_embedding(WARRANTY_Q), abs=1e-5)
+    assert seen[standalone] == pytest.approx(embed_model.get_query_embedding(standalone), abs=1e-5)
 
 
 def test_a_cache_on_another_embedding_model_never_lends_its_vector(
-    unit_settings: Settings, retriever: Any, embed_model: Any, tmp_path: Path, vectors_retrieval_got: list[Any]
+    unit_settings: Settings,
+    retriever: Any,
+    embed_model: Any,
+    tmp_path: Path,
+    vectors_retrieval_got: list[tuple[str, Any]],
 ) -> None:
     from chains.cache import SemanticCache
 
@@ -307,5 +318,5 @@ def test_a_cache_on_another_embedding_model_never_lends_its_vector(
         with RagAgent(unit_settings, retriever=retriever, chat_model=model, cache=cache) as agent:
             agent.invoke(WARRANTY_Q)
 
-    same_model, other_model = vectors_retrieval_got
+    (_, same_model), (_, other_model) = vectors_retrieval_got
     assert same_model is not None and other_model is None  # the other model's vector would not fit the index

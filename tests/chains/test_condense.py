@@ -36,9 +36,9 @@ async def test_rewrite_reuses_the_answer_prompt_layout_and_takes_the_first_line(
     assert call[-1].text.startswith("Before answering, rewrite") and call[-1].text.endswith("and batteries?")
 
 
-async def test_an_empty_rewrite_falls_back_to_the_question() -> None:
+async def test_an_empty_reply_is_an_empty_rewrite_for_the_checks_to_refuse() -> None:
     model = ScriptedChatModel(script=["  \n  "])
-    assert await condense_question(model, [], _history(), "and batteries?", max_question_tokens=64) == "and batteries?"
+    assert await condense_question(model, [], _history(), "and batteries?", max_question_tokens=64) == ""
 
 
 async def test_a_long_rewrite_is_cut_to_the_question_budget() -> None:
