@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import REPO_ROOT
-from serving.launch import free_port, group_pids, stop_process_group
+from serving.launch import free_port, group_options, group_pids, stop_process_group
 
 
 def _spawn_group(script: str) -> subprocess.Popen[bytes]:
@@ -53,6 +53,24 @@ def test_stopping_a_group_that_is_gone_is_harmless() -> None:
     assert group_pids(proc.pid) == []
 
 
+def _group_and_session(pid: int) -> tuple[int, int]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # state ppid pgrp session
+    return int(fields[2]), int(fields[3])
+
+
+@pytest.mark.parametrize("detached", [False, True])
+def test_engine_gets_its_own_group_and_stays_in_our_session_unless_detached(detached: bool) -> None:
+    """Same session = same CPU scheduling group (autogroup): the pinned worker cannot starve our client."""
+    proc = subprocess.Popen(["sleep", "300"], **group_options(detached))
+    try:
+        group, session = _group_and_session(proc.pid)
+        assert group == proc.pid
+        assert session == (proc.pid if detached else os.getsid(0))
+    finally:
+        stop_process_group(proc.pid, grace_s=1)
+        proc.wait(timeout=5)
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -79,7 +97,7 @@ def _serve(tiny_model_path: Path) -> subprocess.Popen[str]:
 
 
 def _engine_of(serve: subprocess.Popen[str]) -> int:
-    """The engine's pid, which is also its process-group id (it runs in its own session)."""
+    """The engine's pid, which is also its process-group id."""
     assert _wait_for(lambda: len(_children(serve.pid)) == 1, 30)
     [engine] = _children(serve.pid)
     return engine
