@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
     from langchain_core.retrievers import BaseRetriever
-    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+    from llama_index.core.base.embeddings.base import BaseEmbedding
 
 Mode = Literal["hybrid", "dense", "bm25"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -65,9 +65,10 @@ class _View:
 class _SharedIndex:
     """One process-wide view of an index folder, swapped for a new one when the manifest changes."""
 
-    def __init__(self, settings: IndexSettings, layout: IndexLayout) -> None:
+    def __init__(self, settings: IndexSettings, layout: IndexLayout, backend: str) -> None:
         self.settings = settings
         self.layout = layout
+        self.backend = backend
         self.lock = threading.RLock()
         self._stamp: tuple[int, int, int] | None = None
         self._view: _View | None = None
@@ -83,7 +84,7 @@ class _SharedIndex:
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         if self._view is not None and stamp == self._stamp:
             return self._view
-        manifest = read_manifest_for_model(self.layout.manifest, self.settings.embed_model)
+        manifest = read_manifest_for_model(self.layout.manifest, self.settings.embed_model, self.backend)
         if self._view is not None and manifest.version == self._view.manifest.version:
             self._view = _View(manifest, self._view.client, self._view.collection, self._view.bm25)
         else:
@@ -108,25 +109,26 @@ _shared: dict[tuple[Any, ...], _SharedIndex] = {}
 _shared_lock = threading.Lock()
 
 
-def _shared_index(settings: IndexSettings, layout: IndexLayout) -> _SharedIndex:
+def _shared_index(settings: IndexSettings, layout: IndexLayout, backend: str) -> _SharedIndex:
     key = (
         str(layout.root.resolve()),
         settings.collection,
         settings.embed_model,
+        backend,
         settings.chroma_mode,
         settings.chroma_host,
         settings.chroma_port,
     )
     with _shared_lock:
         if key not in _shared:
-            _shared[key] = _SharedIndex(settings, layout)
+            _shared[key] = _SharedIndex(settings, layout, backend)
         return _shared[key]
 
 
 class HybridRetriever:
     """Dense + BM25 retrieval over one index, fused as `index.fusion` says (convex scores or RRF)."""
 
-    def __init__(self, settings: IndexSettings, shared: _SharedIndex, embed_model: HuggingFaceEmbedding) -> None:
+    def __init__(self, settings: IndexSettings, shared: _SharedIndex, embed_model: BaseEmbedding) -> None:
         self.settings = settings
         self._shared = shared
         self._embed = embed_model
@@ -210,20 +212,22 @@ class HybridRetriever:
         return IndexRetriever(retriever=self, k=k or self.settings.top_k, mode=mode)
 
 
-def open_retriever(settings: IndexSettings, *, embed_model: HuggingFaceEmbedding | None = None) -> HybridRetriever:
+def open_retriever(settings: IndexSettings, *, embed_model: BaseEmbedding | None = None) -> HybridRetriever:
     """Open the index named by the settings for retrieval.
 
     Raises IndexNotFoundError (nothing ingested yet), NotAnIndexError (the folder holds
-    something else) or EmbeddingMismatchError (built with another model).
+    something else) or EmbeddingMismatchError (built with another model or backend).
+    `embed_model`, when given, decides the backend; else `settings.embed_backend` does.
     """
-    from indexing.embeddings import embedding_dimension, load_embedding
+    from indexing.embeddings import embedding_backend, embedding_dimension, load_embedding
 
     layout = IndexLayout(resolve_path(settings.index_dir))
     layout.require_index()
-    shared = _shared_index(settings, layout)
+    backend = embedding_backend(embed_model) if embed_model is not None else settings.embed_backend
+    shared = _shared_index(settings, layout, backend)
     with shared.lock:
         manifest = shared.current().manifest
-    model = embed_model or load_embedding(settings.embed_model, settings.embed_batch_size)
+    model = embed_model or load_embedding(settings.embed_model, settings.embed_batch_size, backend)
     dimension = embedding_dimension(model)
     if dimension != manifest.embed_dimension:
         raise EmbeddingMismatchError(

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from index_fixtures import FIXTURE_SOURCES, chroma_records
-from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
 from config.settings import IndexSettings
 from indexing.bm25 import Bm25Index
@@ -34,16 +33,17 @@ def bm25_ids(settings: IndexSettings) -> set[str]:
 
 
 @pytest.fixture
-def embed_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Texts sent to the embedder, per call (spies on the real model, which still runs)."""
+def embed_calls(monkeypatch: pytest.MonkeyPatch, embed_model: Any) -> list[int]:
+    """Texts sent to the embedder, per call (spies on the real model's class, which still runs)."""
     calls: list[int] = []
-    real = HuggingFaceEmbedding._get_text_embeddings
+    cls = type(embed_model)
+    real = cls._get_text_embeddings
 
-    def spy(self: HuggingFaceEmbedding, texts: list[str]) -> Any:
+    def spy(self: Any, texts: list[str]) -> Any:
         calls.append(len(texts))
         return real(self, texts)
 
-    monkeypatch.setattr(HuggingFaceEmbedding, "_get_text_embeddings", spy)
+    monkeypatch.setattr(cls, "_get_text_embeddings", spy)
     return calls
 
 
