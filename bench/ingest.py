@@ -54,22 +54,21 @@ def peak_rss_mb() -> float:
 
 
 @contextmanager
-def recording_embedded_texts() -> Iterator[list[str]]:
-    """Record every text the model embeds meanwhile (a list append per batch: negligible cost)."""
-    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-
-    real = HuggingFaceEmbedding._get_text_embeddings
+def recording_embedded_texts(model: Any) -> Iterator[list[str]]:
+    """Record every text `model` (either backend) embeds meanwhile (a list append per batch: negligible cost)."""
+    cls = type(model)
+    real = cls._get_text_embeddings
     texts: list[str] = []
 
-    def recording(self: HuggingFaceEmbedding, batch: list[str]) -> list[list[float]]:
+    def recording(self: Any, batch: list[str]) -> list[list[float]]:
         texts.extend(batch)
         return real(self, batch)
 
-    HuggingFaceEmbedding._get_text_embeddings = recording  # type: ignore[method-assign,assignment]
+    cls._get_text_embeddings = recording
     try:
         yield texts
     finally:
-        HuggingFaceEmbedding._get_text_embeddings = real  # type: ignore[method-assign]
+        cls._get_text_embeddings = real
 
 
 def measure_ingest(settings: IndexSettings, model: Any, paths: list[Path] | None = None) -> dict[str, Any]:
@@ -97,7 +96,7 @@ def paired_rounds(settings: IndexSettings, model: Any, folders: list[Path]) -> d
     rounds: list[dict[str, Any]] = []
     for quarter in range(2):
         paths = folders[quarter::4]
-        with recording_embedded_texts() as texts:
+        with recording_embedded_texts(model) as texts:
             first = measure_ingest(
                 settings.model_copy(update={"index_dir": settings.index_dir / f"q{quarter}a"}), model, paths
             )

@@ -8,7 +8,7 @@ the paragraph it was written on. Chunk rankings are collapsed to paragraph ranki
 chunk of a paragraph counts). Questions are embedded in one batch and the same vector is
 passed to dense and hybrid retrieval, so the modes differ only in ranking.
 
-    python -m bench.retrieval_eval --squad ../shared/data/squad-dev-v1.1.json [--questions N]
+    python -m bench.retrieval_eval --squad ../shared/data/squad-dev-v1.1.json [--questions N] [--backend onnx]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from config import load_settings
+from indexing.embeddings import BACKENDS
 from indexing.retrieval import HybridRetriever, Mode
 
 Fusion = Literal["convex", "rrf"]
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=0, help="subsample this many questions (0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", default=None)
+    parser.add_argument("--backend", choices=BACKENDS, default=None, help="embedding backend (default: the settings')")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--workdir", type=Path, default=None, help="keep corpus and index here (re-runs are incremental)"
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     from indexing.retrieval import open_retriever
 
     base = load_settings(args.profile).index
+    if args.backend:
+        base = base.model_copy(update={"embed_backend": args.backend})
     with tempfile.TemporaryDirectory(prefix="squad-eval-") as scratch:
         tmp = args.workdir or Path(scratch)
         corpus = Path(tmp) / "corpus"
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.questions and args.questions < len(questions):
             questions = random.Random(args.seed).sample(questions, args.questions)
         settings = base.model_copy(update={"docs_dir": corpus, "index_dir": Path(tmp) / "index"})
-        model = load_embedding(settings.embed_model, settings.embed_batch_size)
+        model = load_embedding(settings.embed_model, settings.embed_batch_size, settings.embed_backend)
         print(f"ingesting {len({q.gold for q in questions})}+ paragraphs ...", flush=True)
         report = ingest(settings, progress=None, embed_model=model)
         print(report.summary(), flush=True)
@@ -151,7 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         "effective_chunk_size": retriever.manifest.chunk_size,
         "settings": {
             k: getattr(settings, k)
-            for k in ("embed_model", "chunk_size", "chunk_overlap", "candidates_k", "fusion", "dense_weight", "rrf_k")
+            for k in (
+                "embed_model",
+                "embed_backend",
+                "chunk_size",
+                "chunk_overlap",
+                "candidates_k",
+                "fusion",
+                "dense_weight",
+                "rrf_k",
+            )
         },
         "ingest": {
             "seconds": round(report.seconds, 1),

@@ -123,10 +123,9 @@ def chunk_id(metadata: dict[str, Any], text: str) -> str:
 
 def model_tokenizer(embed_model: Any) -> TokenCounter:
     """The embedding model's tokenizer without its padding and truncation, as a token counter."""
-    from tokenizers import Tokenizer
+    from indexing.embeddings import embedding_tokenizer
 
-    backend = embed_model._model.tokenizer.backend_tokenizer
-    tokenizer = Tokenizer.from_str(backend.to_str())
+    tokenizer = embedding_tokenizer(embed_model)
     tokenizer.no_padding()
     tokenizer.no_truncation()
 

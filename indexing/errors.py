@@ -33,3 +33,7 @@ class UnreadableFileError(IndexingError):
 
 class StoreUnavailableError(IndexingError):
     """The Chroma server (http mode) cannot be reached or refused the request."""
+
+
+class EmbeddingExportError(IndexingError):
+    """The ONNX export of the embedding model could not be built, or its vectors disagree with the model's."""

@@ -1,4 +1,4 @@
-"""The index manifest: counts, the embedding model, and a version that tracks the content.
+"""The index manifest: counts, the embedding model and backend, and a version that tracks the content.
 
 The version is a hash of the sorted chunk ids and the embedding model. Chunk ids are themselves
 hashes of each chunk's source, number, text and metadata, so the version changes exactly when
@@ -40,6 +40,8 @@ class Manifest:
     bm25_dir: str | None
     created_at: str
     updated_at: str
+    embed_backend: str = "torch"
+    """How chunks were embedded (`index.embed_backend`); manifests from before the field were torch."""
     format: str = FORMAT
 
 
@@ -73,14 +75,27 @@ def read_manifest(path: Path) -> Manifest:
         raise NotAnIndexError(f"{path} is incomplete ({exc}); re-run the ingest to rewrite it") from None
 
 
-def read_manifest_for_model(path: Path, embed_model: str) -> Manifest:
-    """The manifest, refusing an index built with another embedding model: its vectors would match nothing."""
+def read_manifest_for_model(path: Path, embed_model: str, embed_backend: str) -> Manifest:
+    """The manifest, refusing an index built with another embedding model or backend.
+
+    Another model's vectors would match nothing. Another backend's match closely (the fp32 ONNX
+    export reproduces torch; int8 does not quite), but an index is only known to be right when
+    its chunks and its queries are embedded the same way, so that is refused too, not re-embedded:
+    re-embedding means a full ingest, which should be asked for, not happen behind a query.
+    """
     manifest = read_manifest(path)
     if manifest.embed_model != embed_model:
         raise EmbeddingMismatchError(
             f"the index at {path.parent} was built with embedding model {manifest.embed_model!r} "
             f"({manifest.embed_dimension}-d) but the settings ask for {embed_model!r}; queries embedded with "
             "another model would match nothing. Set index.embed_model back, or use another index.index_dir."
+        )
+    if manifest.embed_backend != embed_backend:
+        raise EmbeddingMismatchError(
+            f"the index at {path.parent} was embedded with the {manifest.embed_backend!r} backend but "
+            f"index.embed_backend is {embed_backend!r}; chunks and queries must be embedded the same way. "
+            f"Set index.embed_backend: {manifest.embed_backend} (RAG_INDEX__EMBED_BACKEND={manifest.embed_backend}), "
+            f"or ingest into a new index (another index.index_dir, or delete {path.parent} and ingest again)."
         )
     return manifest
 

@@ -43,7 +43,7 @@ from indexing.store import close_client, collection_ids, create_collection, open
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
-    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+    from llama_index.core.base.embeddings.base import BaseEmbedding
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def ingest(
     *,
     prune: bool = False,
     progress: bool | None = None,
-    embed_model: HuggingFaceEmbedding | None = None,
+    embed_model: BaseEmbedding | None = None,
     on_stage: Callable[[Stage], None] | None = None,
 ) -> IngestReport:
     """Bring the index up to date with `paths` (default: `settings.docs_dir`); see IngestReport.
@@ -93,13 +93,16 @@ class _IngestRun:
         self,
         settings: IndexSettings,
         layout: IndexLayout,
-        model: HuggingFaceEmbedding | None,
+        model: BaseEmbedding | None,
         progress: bool | None,
         on_stage: Callable[[Stage], None] | None,
     ) -> None:
+        from indexing.embeddings import embedding_backend
+
         self.settings = settings
         self.layout = layout
         self._model = model
+        self.backend = embedding_backend(model) if model is not None else settings.embed_backend
         self.progress = progress
         self.fingerprint = (
             f"chunker{CHUNKER_VERSION}/{settings.embed_model}/{settings.chunk_size}/{settings.chunk_overlap}"
@@ -112,12 +115,12 @@ class _IngestRun:
         self._progress: IngestProgress | None = None
 
     @property
-    def model(self) -> HuggingFaceEmbedding:
+    def model(self) -> BaseEmbedding:
         """Loaded on first use: a re-ingest that finds nothing new never pays for the model."""
         if self._model is None:
             from indexing.embeddings import load_embedding
 
-            self._model = load_embedding(self.settings.embed_model, self.settings.embed_batch_size)
+            self._model = load_embedding(self.settings.embed_model, self.settings.embed_batch_size, self.backend)
         return self._model
 
     def run(self, paths: list[Path], prune: bool) -> IngestReport:
@@ -158,7 +161,7 @@ class _IngestRun:
     def _checked_manifest(self) -> Manifest | None:
         if not self.layout.manifest.is_file():
             return None
-        manifest = read_manifest_for_model(self.layout.manifest, self.settings.embed_model)
+        manifest = read_manifest_for_model(self.layout.manifest, self.settings.embed_model, self.backend)
         return manifest
 
     def _new_manifest(self) -> Manifest:
@@ -172,6 +175,7 @@ class _IngestRun:
             chunks=0,
             embed_model=self.settings.embed_model,
             embed_dimension=embedding_dimension(self.model),
+            embed_backend=self.backend,
             chunk_size=self.chunk_size,
             chunk_overlap=self.settings.chunk_overlap,
             collection=self.settings.collection,

@@ -28,7 +28,7 @@ from indexing.store import close_client, collection_ids, existing_collection, op
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
-    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+    from llama_index.core.base.embeddings.base import BaseEmbedding
 
 Mode = Literal["hybrid", "dense", "bm25"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -64,9 +64,10 @@ class _View:
 class _SharedIndex:
     """One process-wide view of an index folder, swapped for a new one when the manifest changes."""
 
-    def __init__(self, settings: IndexSettings, layout: IndexLayout, key: tuple[Any, ...]) -> None:
+    def __init__(self, settings: IndexSettings, layout: IndexLayout, backend: str, key: tuple[Any, ...]) -> None:
         self.settings = settings
         self.layout = layout
+        self.backend = backend
         self.key = key
         self.users = 0
         """Open retrievers on this view; the last one to close releases it."""
@@ -92,7 +93,7 @@ class _SharedIndex:
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         if self._view is not None and stamp == self._stamp:
             return self._view
-        manifest = read_manifest_for_model(self.layout.manifest, self.settings.embed_model)
+        manifest = read_manifest_for_model(self.layout.manifest, self.settings.embed_model, self.backend)
         if self._view is not None and manifest.version == self._view.manifest.version:
             self._view = _View(manifest, self._view.client, self._view.collection, self._view.bm25)
         else:
@@ -117,18 +118,19 @@ _shared: dict[tuple[Any, ...], _SharedIndex] = {}
 _shared_lock = threading.Lock()
 
 
-def _acquire_shared(settings: IndexSettings, layout: IndexLayout) -> _SharedIndex:
+def _acquire_shared(settings: IndexSettings, layout: IndexLayout, backend: str) -> _SharedIndex:
     key = (
         str(layout.root.resolve()),
         settings.collection,
         settings.embed_model,
+        backend,
         settings.chroma_mode,
         settings.chroma_host,
         settings.chroma_port,
     )
     with _shared_lock:
         if key not in _shared:
-            _shared[key] = _SharedIndex(settings, layout, key)
+            _shared[key] = _SharedIndex(settings, layout, backend, key)
         shared = _shared[key]
         shared.users += 1
         return shared
@@ -150,7 +152,7 @@ class HybridRetriever:
     the process releases Chroma's client and the loaded BM25.
     """
 
-    def __init__(self, settings: IndexSettings, shared: _SharedIndex, embed_model: HuggingFaceEmbedding) -> None:
+    def __init__(self, settings: IndexSettings, shared: _SharedIndex, embed_model: BaseEmbedding) -> None:
         self.settings = settings
         self._shared = shared
         self._embed = embed_model
@@ -250,21 +252,23 @@ class HybridRetriever:
         return await asyncio.to_thread(self.retrieve, query, top_k, filters, mode, query_embedding=query_embedding)
 
 
-def open_retriever(settings: IndexSettings, *, embed_model: HuggingFaceEmbedding | None = None) -> HybridRetriever:
+def open_retriever(settings: IndexSettings, *, embed_model: BaseEmbedding | None = None) -> HybridRetriever:
     """Open the index named by the settings for retrieval.
 
     Raises IndexNotFoundError (nothing ingested yet), NotAnIndexError (the folder holds
-    something else) or EmbeddingMismatchError (built with another model).
+    something else) or EmbeddingMismatchError (built with another model or backend).
+    `embed_model`, when given, decides the backend; else `settings.embed_backend` does.
     """
-    from indexing.embeddings import embedding_dimension, load_embedding
+    from indexing.embeddings import embedding_backend, embedding_dimension, load_embedding
 
     layout = IndexLayout(settings.index_dir)
     layout.require_index()
-    shared = _acquire_shared(settings, layout)
+    backend = embedding_backend(embed_model) if embed_model is not None else settings.embed_backend
+    shared = _acquire_shared(settings, layout, backend)
     try:
         with shared.lock:
             manifest = shared.current().manifest
-        model = embed_model or load_embedding(settings.embed_model, settings.embed_batch_size)
+        model = embed_model or load_embedding(settings.embed_model, settings.embed_batch_size, backend)
         dimension = embedding_dimension(model)
         if dimension != manifest.embed_dimension:
             raise EmbeddingMismatchError(
