@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from scripted_model import ScriptedChatModel, kind
 
 from chains import RagAgent, TurnResult
 from chains.followups import RewriteRules, content_words, fuse, needs_history, rejection
 from config.settings import Settings
 from indexing.retrieval import Passage
+from tests.chains.scripted_model import ScriptedChatModel, kind
 
 WARRANTY_Q = "What does the X200 warranty cover?"
 BATTERY_FOLLOW_UP = "How long does its battery last on one charge?"

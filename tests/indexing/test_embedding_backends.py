@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from index_fixtures import ASTRONOMY, COOKING, GARDENING
 from pydantic import ValidationError
 
 from config.settings import IndexSettings
@@ -30,6 +29,7 @@ from indexing.manifest import read_manifest, read_manifest_for_model
 from indexing.pipeline import ingest
 from indexing.report import IngestReport
 from indexing.retrieval import open_retriever
+from tests.indexing.index_fixtures import ASTRONOMY, COOKING, GARDENING
 
 SOURCE = Path(resolve_model_path(OFFLINE_MINILM))
 PASSAGES = [p.strip() for p in (ASTRONOMY + "\n\n" + COOKING).split("\n\n") if p.strip()] + [GARDENING, "x" * 3000]
