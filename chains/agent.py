@@ -46,7 +46,7 @@ from chains.trace import LLMCallTracer, TurnTrace
 from config.settings import Settings
 
 if TYPE_CHECKING:
-    from chains.cache import CacheHit, CacheScope, CacheStats, SemanticCache
+    from chains.cache import CacheHit, CacheScope, CacheStats, Lookup, SemanticCache
     from indexing.retrieval import HybridRetriever, Passage
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class RagAgent:
         self._retriever = retriever
         self._model = chat_model
         self._cache = cache
-        # The cache embeds each question for its lookup; with the same model, retrieval reuses that vector.
+        # A lookup returns its question vector; with the same embedding model, retrieval reuses it.
         self._share_vector = cache is not None and cache.embed_model_name == retriever.settings.embed_model
         self._tools = [make_search_tool(retriever, settings.index.top_k)]
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -266,16 +266,15 @@ class RagAgent:
             history = await self._conversations.messages(turn.conversation_id)
             failure = await self._condense(turn, history) if has_turns(history) else None
             scope = self._scope()
-            vector = None
+            lookup = None
             if use_cache:
-                hit = await self._lookup(turn, scope)
-                if hit is not None:
-                    async for piece in self._answer_from_cache(turn, hit):
+                lookup = await self._lookup(turn, scope)
+                if lookup.hit is not None:
+                    async for piece in self._answer_from_cache(turn, lookup.hit):
                         yield piece
                     return
-                vector = self._question_vector(turn.standalone)
             with turn.trace.stage("retrieval"):
-                passages = await self._retrieve(turn, vector)
+                passages = await self._retrieve(turn, self._shared(lookup))
             registry = PassageRegistry(self._settings.chains.context_token_budget)
             context = TurnContext(str(turn.asked.id), registry.add(passages), registry, turn.trace)
             pieces: list[str] = []
@@ -298,7 +297,7 @@ class RagAgent:
             result = turn.result(answer, registry.cited(answer))
             self._uncached_s.append(result.timings.total_s)
             if use_cache and answer:
-                await self._store(turn.standalone, scope, result)
+                await self._store(turn.standalone, scope, result, None if lookup is None else lookup.vector)
             yield result
 
     async def _condense(self, turn: _Turn, history: list[BaseMessage]) -> str | None:
@@ -397,23 +396,21 @@ class RagAgent:
 
         return CacheScope(self._retriever.index_version, self._model_name, PROMPT_VERSION)
 
-    async def _lookup(self, turn: _Turn, scope: CacheScope) -> CacheHit | None:
+    async def _lookup(self, turn: _Turn, scope: CacheScope) -> Lookup:
         assert self._cache is not None
         with turn.trace.stage("cache_lookup"):
             return await asyncio.to_thread(self._cache.lookup, turn.standalone, scope)
 
-    def _question_vector(self, question: str) -> list[float] | None:
+    def _shared(self, lookup: Lookup | None) -> list[float] | None:
         """The cache lookup's embedding of the question, when retrieval uses the same model."""
-        if not self._share_vector or self._cache is None:
-            return None
-        return self._cache.question_vector(question)
+        return lookup.vector if lookup is not None and self._share_vector else None
 
-    async def _store(self, question: str, scope: CacheScope, result: TurnResult) -> None:
+    async def _store(self, question: str, scope: CacheScope, result: TurnResult, vector: list[float] | None) -> None:
         from chains.cache import CachedAnswer
 
         assert self._cache is not None
         entry = CachedAnswer(result.answer, [s.to_dict() for s in result.sources], time.time())
-        await asyncio.to_thread(self._cache.store, question, scope, entry)
+        await asyncio.to_thread(self._cache.store, question, scope, entry, vector=vector)
 
     def _lock(self, conversation_id: str) -> asyncio.Lock:
         """One turn at a time per conversation (the lock lives while any turn holds it)."""

@@ -56,26 +56,36 @@ def cache(tmp_path: Path, embedding: Any) -> SemanticCache:
 
 
 def test_paraphrase_hits_with_answer_sources_and_similarity(cache: SemanticCache) -> None:
-    hit = cache.lookup(PARAPHRASE, SCOPE)
+    hit = cache.lookup(PARAPHRASE, SCOPE).hit
     assert hit is not None
     assert hit.answer.answer == "The Pro plan costs $20 a month [1]."
     assert hit.answer.sources == SOURCES
     assert hit.matched_question == QUESTION
     assert 0.85 <= hit.similarity < 1.0
-    exact = cache.lookup(f"  {QUESTION}  ", SCOPE)
+    exact = cache.lookup(f"  {QUESTION}  ", SCOPE).hit
     assert exact is not None and exact.similarity == pytest.approx(1.0, abs=1e-4)
 
 
-def test_a_lookup_leaves_its_question_vector_for_retrieval(cache: SemanticCache, embedding: Any) -> None:
-    assert cache.question_vector(PARAPHRASE) is None  # never embeds on its own
-    cache.lookup(f"{PARAPHRASE} ", SCOPE)
-    vector = cache.question_vector(PARAPHRASE)
-    assert vector == pytest.approx(embedding.get_query_embedding(PARAPHRASE), abs=1e-5)
+def test_a_lookup_returns_the_vector_it_searched_with_and_store_reuses_it(
+    cache: SemanticCache, embedding: Any
+) -> None:
+    miss = cache.lookup("Who founded the company?", SCOPE)
+    assert miss.hit is None and miss.vector is not None
+    assert miss.vector == pytest.approx(embedding.get_query_embedding("Who founded the company?"), abs=1e-5)
+    hit = cache.lookup(f"{PARAPHRASE} ", SCOPE)
+    assert hit.hit is not None
+    assert hit.vector == pytest.approx(embedding.get_query_embedding(PARAPHRASE), abs=1e-5)
+    # Stored under the lookup's vector: found by a paraphrase exactly as if it had been embedded again.
+    cache.store("Who founded the company?", SCOPE, answer("Ann"), vector=miss.vector)
+    found = cache.lookup("Who was the founder of the company?", SCOPE).hit
+    assert found is not None and found.answer.answer == "Ann"
+    with pytest.raises(ValueError, match="dimensions"):
+        cache.store("Who founded the company?", SCOPE, answer("Ann"), vector=[0.1, 0.2])
 
 
 def test_unrelated_question_misses(cache: SemanticCache) -> None:
-    assert cache.lookup("Who founded the company and when?", SCOPE) is None
-    assert cache.lookup("How do I reset my password?", SCOPE) is None
+    assert cache.lookup("Who founded the company and when?", SCOPE).hit is None
+    assert cache.lookup("How do I reset my password?", SCOPE).hit is None
 
 
 def test_threshold_is_cosine_not_gptcache_distance(tmp_path: Path, embedding: Any) -> None:
@@ -86,8 +96,8 @@ def test_threshold_is_cosine_not_gptcache_distance(tmp_path: Path, embedding: An
     loose = make_cache(tmp_path / "loose", embedding, similarity_threshold=cosine - 0.005)
     for c in (strict, loose):
         c.store(QUESTION, SCOPE, answer())
-    assert strict.lookup(PARAPHRASE, SCOPE) is None
-    hit = loose.lookup(PARAPHRASE, SCOPE)
+    assert strict.lookup(PARAPHRASE, SCOPE).hit is None
+    hit = loose.lookup(PARAPHRASE, SCOPE).hit
     assert hit is not None and hit.similarity == pytest.approx(cosine, abs=1e-3)
 
 
@@ -107,15 +117,15 @@ def test_guards_block_near_misses_the_vector_search_accepts(
     unguarded = make_cache(tmp_path / "unguarded", embedding, similarity_threshold=0.6, guards=())
     for c in (guarded, unguarded):
         c.store(cached, SCOPE, answer("cached answer"))
-    assert unguarded.lookup(near_miss, SCOPE) is not None  # the embedding alone calls it the same question
-    assert guarded.lookup(near_miss, SCOPE) is None
+    assert unguarded.lookup(near_miss, SCOPE).hit is not None  # the embedding alone calls it the same question
+    assert guarded.lookup(near_miss, SCOPE).hit is None
 
 
 def test_a_guarded_candidate_does_not_hide_a_valid_one(tmp_path: Path, embedding: Any) -> None:
     c = make_cache(tmp_path / "c", embedding, similarity_threshold=0.7)
     c.store("What was our revenue in 2024?", SCOPE, answer("2024 revenue"))
     c.store("What were our total revenues in 2023?", SCOPE, answer("2023 revenue"))
-    hit = c.lookup("What was our revenue in 2023?", SCOPE)
+    hit = c.lookup("What was our revenue in 2023?", SCOPE).hit
     assert hit is not None and hit.answer.answer == "2023 revenue"
 
 
@@ -131,11 +141,11 @@ def test_two_cached_questions_fitting_equally_well_are_a_miss(tmp_path: Path, em
         c = make_cache(tmp_path / f"m{margin}", embedding, similarity_threshold=0.7, ambiguity_margin=margin)
         c.store(first, SCOPE, answer("change"))
         c.store(second, SCOPE, answer("reset"))
-        assert (c.lookup(asked, SCOPE) is not None) is hits
+        assert (c.lookup(asked, SCOPE).hit is not None) is hits
     twice = make_cache(tmp_path / "twice", embedding, similarity_threshold=0.7, ambiguity_margin=0.05)
     twice.store(first, SCOPE, answer("old"))
     twice.store(first, SCOPE, answer("new"))  # the same question stored twice is not ambiguous
-    assert twice.lookup(asked, SCOPE) is not None
+    assert twice.lookup(asked, SCOPE).hit is not None
 
 
 @pytest.mark.parametrize(
@@ -148,10 +158,10 @@ def test_two_cached_questions_fitting_equally_well_are_a_miss(tmp_path: Path, em
     ids=["index_version", "model", "prompt_version"],
 )
 def test_a_changed_scope_never_sees_old_answers(cache: SemanticCache, changed: CacheScope) -> None:
-    assert cache.lookup(QUESTION, changed) is None
+    assert cache.lookup(QUESTION, changed).hit is None
     cache.store(QUESTION, changed, answer("new-scope answer"))
-    new = cache.lookup(PARAPHRASE, changed)
-    old = cache.lookup(PARAPHRASE, SCOPE)
+    new = cache.lookup(PARAPHRASE, changed).hit
+    old = cache.lookup(PARAPHRASE, SCOPE).hit
     assert new is not None and new.answer.answer == "new-scope answer"
     assert old is not None and old.answer.answer == "The Pro plan costs $20 a month [1]."
 
@@ -163,8 +173,8 @@ def test_old_scope_folders_are_pruned(tmp_path: Path, embedding: Any) -> None:
         c.close()  # only closed scopes may be pruned
         time.sleep(0.02)  # distinct folder mtimes
     assert len(list((tmp_path / "c" / "scopes").iterdir())) == 2
-    assert c.lookup(QUESTION, CacheScope("v1", "m", "p")) is None
-    hit = c.lookup(QUESTION, CacheScope("v3", "m", "p"))
+    assert c.lookup(QUESTION, CacheScope("v1", "m", "p")).hit is None
+    hit = c.lookup(QUESTION, CacheScope("v3", "m", "p")).hit
     assert hit is not None and hit.answer.answer == "v3"
 
 
@@ -173,19 +183,44 @@ def test_expired_entries_are_never_served(tmp_path: Path, embedding: Any) -> Non
     c = make_cache(tmp_path / "c", embedding, ttl_s=60, clock=lambda: now[0])
     c.store(QUESTION, SCOPE, answer(created_at=now[0]))
     now[0] += 59
-    assert c.lookup(PARAPHRASE, SCOPE) is not None
+    assert c.lookup(PARAPHRASE, SCOPE).hit is not None
     now[0] += 2
-    assert c.lookup(PARAPHRASE, SCOPE) is None
+    assert c.lookup(PARAPHRASE, SCOPE).hit is None
     c.store(QUESTION, SCOPE, answer("fresh", created_at=now[0]))
-    hit = c.lookup(PARAPHRASE, SCOPE)
+    hit = c.lookup(PARAPHRASE, SCOPE).hit
     assert hit is not None and hit.answer.answer == "fresh"
 
 
 def test_entries_persist_for_a_new_object(cache: SemanticCache, embedding: Any) -> None:
     cache.close()
     reopened = make_cache(cache.directory, embedding)
-    hit = reopened.lookup(PARAPHRASE, SCOPE)
+    hit = reopened.lookup(PARAPHRASE, SCOPE).hit
     assert hit is not None and hit.answer.sources == SOURCES
+
+
+def test_deferred_vectors_are_written_on_close_and_found_after_reopen(tmp_path: Path, embedding: Any) -> None:
+    c = make_cache(tmp_path / "c", embedding, flush_every=1000, flush_interval_s=3600)
+    c.store(QUESTION, SCOPE, answer())
+    c.store("Who founded the company?", SCOPE, answer("Ann"))
+    assert c.lookup(PARAPHRASE, SCOPE).hit is not None  # searchable before any flush
+    c.close()
+    reopened = make_cache(tmp_path / "c", embedding)
+    founder = reopened.lookup("Who was the founder of the company?", SCOPE).hit
+    assert founder is not None and founder.answer.answer == "Ann"
+    assert reopened.stats().entries == 2
+
+
+def test_a_cache_dying_before_the_flush_loses_no_stored_answer(tmp_path: Path, embedding: Any) -> None:
+    """sqlite commits each store; vectors missing from the faiss file are rebuilt from it on open."""
+    dying = make_cache(tmp_path / "c", embedding, flush_every=2, flush_interval_s=3600)
+    for i, q in enumerate((QUESTION, "Who founded the company?", "Where is the head office?")):
+        dying.store(q, SCOPE, answer(f"answer {i}"))
+    # `dying` is never closed, as if its process had died: the third vector never reached the faiss file.
+    reopened = make_cache(tmp_path / "c", embedding)
+    for asked, expected in ((PARAPHRASE, "answer 0"), ("Where is the main office located?", "answer 2")):
+        hit = reopened.lookup(asked, SCOPE).hit
+        assert hit is not None and hit.answer.answer == expected
+    assert reopened.stats().entries == 3
 
 
 def test_entries_persist_across_processes(tmp_path: Path, embedding: Any) -> None:
@@ -203,7 +238,7 @@ def test_entries_persist_across_processes(tmp_path: Path, embedding: Any) -> Non
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path, timeout=180)
-    hit = make_cache(directory, embedding).lookup(PARAPHRASE, SCOPE)
+    hit = make_cache(directory, embedding).lookup(PARAPHRASE, SCOPE).hit
     assert hit is not None and hit.answer.answer == "from the child"
 
 
@@ -213,16 +248,16 @@ def test_clear_empties_every_scope_and_the_cache_keeps_working(cache: SemanticCa
     assert cache.stats().entries == 2
     cache.clear()
     assert cache.stats().entries == 0
-    assert cache.lookup(QUESTION, SCOPE) is None
+    assert cache.lookup(QUESTION, SCOPE).hit is None
     cache.store(QUESTION, SCOPE, answer("after clear"))
-    hit = cache.lookup(PARAPHRASE, SCOPE)
+    hit = cache.lookup(PARAPHRASE, SCOPE).hit
     assert hit is not None and hit.answer.answer == "after clear"
 
 
 def test_stats_count_hits_misses_time_saved_and_entries(cache: SemanticCache) -> None:
-    cache.lookup(PARAPHRASE, SCOPE)
-    cache.lookup(QUESTION, SCOPE)
-    cache.lookup("Where is the head office?", SCOPE)
+    cache.lookup(PARAPHRASE, SCOPE).hit
+    cache.lookup(QUESTION, SCOPE).hit
+    cache.lookup("Where is the head office?", SCOPE).hit
     cache.record_saved(1.5)
     cache.record_saved(0.25)
     stats = cache.stats()
@@ -236,7 +271,7 @@ def test_old_entries_are_evicted_beyond_max_entries(tmp_path: Path, embedding: A
     for i in range(14):
         c.store(f"What is item number {i} in the catalogue?", SCOPE, answer(str(i)))
     assert c.stats().entries <= 10
-    hit = c.lookup("What is item number 13 in the catalogue?", SCOPE)
+    hit = c.lookup("What is item number 13 in the catalogue?", SCOPE).hit
     assert hit is not None and hit.answer.answer == "13"
 
 
@@ -254,12 +289,12 @@ def test_a_corrupt_store_warns_once_moves_aside_and_rebuilds(
     (folder / victim).write_bytes(os.urandom(4096))
     reopened = make_cache(cache.directory, embedding)
     with caplog.at_level(logging.WARNING, logger="chains.cache"):
-        assert reopened.lookup(PARAPHRASE, SCOPE) is None
-    warnings = [r for r in caplog.records if r.name == "chains.cache" and r.levelno == logging.WARNING]
+        assert reopened.lookup(PARAPHRASE, SCOPE).hit is None
+    warnings = [r for r in caplog.records if r.name.startswith("chains.cache") and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "moved to" in warnings[0].getMessage()
     assert len(list((cache.directory / "corrupt").iterdir())) == 1
     reopened.store(QUESTION, SCOPE, answer("rebuilt"))
-    hit = reopened.lookup(PARAPHRASE, SCOPE)
+    hit = reopened.lookup(PARAPHRASE, SCOPE).hit
     assert hit is not None and hit.answer.answer == "rebuilt"
     assert reopened.stats().entries == 1
 
@@ -272,9 +307,9 @@ def test_a_store_failing_on_write_warns_and_recovers(cache: SemanticCache, caplo
         (folder / name).write_bytes(b"\x00garbage" * 512)
     with caplog.at_level(logging.WARNING, logger="chains.cache"):
         cache.store("Who founded the company?", SCOPE, answer("Ann"))
-    assert any("moved to" in r.getMessage() for r in caplog.records if r.name == "chains.cache")
+    assert any("moved to" in r.getMessage() for r in caplog.records if r.name.startswith("chains.cache"))
     cache.store("Who founded the company?", SCOPE, answer("Ann"))
-    hit = cache.lookup("Who was the founder of the company?", SCOPE)
+    hit = cache.lookup("Who was the founder of the company?", SCOPE).hit
     assert hit is not None and hit.answer.answer == "Ann"
 
 
@@ -299,18 +334,18 @@ def test_a_failing_embedding_skips_the_cache_without_touching_the_store(
     c.store(QUESTION, SCOPE, answer())
     model.broken = True
     with caplog.at_level(logging.WARNING, logger="chains.cache"):
-        assert c.lookup("A question never asked before?", SCOPE) is None
+        assert c.lookup("A question never asked before?", SCOPE).hit is None
         c.store("Another question never asked?", SCOPE, answer())
     assert sum("embedding the question failed" in r.getMessage() for r in caplog.records) == 2
     model.broken = False
     assert not (c.directory / "corrupt").exists()
-    assert c.lookup(PARAPHRASE, SCOPE) is not None
+    assert c.lookup(PARAPHRASE, SCOPE).hit is not None
     assert c.stats().entries == 1
 
 
 def test_bad_input_is_rejected_and_loses_nothing(cache: SemanticCache) -> None:
     with pytest.raises(ValueError, match="non-empty question"):
-        cache.lookup("   ", SCOPE)
+        cache.lookup("   ", SCOPE).hit
     with pytest.raises(ValueError, match="non-empty question"):
         cache.store("", SCOPE, answer())
     with pytest.raises(ValueError, match="JSON-serialisable"):
@@ -320,7 +355,7 @@ def test_bad_input_is_rejected_and_loses_nothing(cache: SemanticCache) -> None:
     with pytest.raises(ValueError, match="unknown cache guards"):
         SemanticCache(cache.directory, None, OFFLINE_MINILM, 0.9, 60, guards=["spelling"])  # type: ignore[list-item]
     assert cache.stats().entries == 1
-    assert cache.lookup(PARAPHRASE, SCOPE) is not None
+    assert cache.lookup(PARAPHRASE, SCOPE).hit is not None
 
 
 def test_concurrent_lookups_and_stores_from_threads(tmp_path: Path, embedding: Any) -> None:
@@ -332,7 +367,7 @@ def test_concurrent_lookups_and_stores_from_threads(tmp_path: Path, embedding: A
         try:
             c.store(f"Who do I contact about {topic}?", SCOPE, answer(topic))
             for _ in range(3):
-                hit = c.lookup(f"Who is the contact person for {topic}?", SCOPE)
+                hit = c.lookup(f"Who is the contact person for {topic}?", SCOPE).hit
                 assert hit is not None and hit.answer.answer == topic
         except BaseException as exc:
             errors.append(exc)
@@ -350,7 +385,7 @@ def test_concurrent_lookups_and_stores_from_threads(tmp_path: Path, embedding: A
 def test_disabled_cache_neither_answers_nor_stores(tmp_path: Path, embedding: Any) -> None:
     c = make_cache(tmp_path / "c", embedding, enabled=False)
     c.store(QUESTION, SCOPE, answer())
-    assert c.lookup(QUESTION, SCOPE) is None
+    assert c.lookup(QUESTION, SCOPE).hit is None
     assert c.stats().entries == 0 and c.stats().misses == 0
 
 
@@ -396,7 +431,7 @@ def test_the_model_verifier_confirms_or_vetoes_a_hit(
     c = make_cache(tmp_path / "c", embedding, verifier=scripted_verifier(reply))
     c.store(QUESTION, SCOPE, answer())
     with caplog.at_level(logging.WARNING, logger="chains.cache"):
-        assert (c.lookup(PARAPHRASE, SCOPE) is not None) is hits
+        assert (c.lookup(PARAPHRASE, SCOPE).hit is not None) is hits
     assert any("verifier failed" in r.getMessage() for r in caplog.records) is isinstance(reply, Exception)
     assert c.stats().entries == 1 and not (c.directory / "corrupt").exists()
 
@@ -412,4 +447,4 @@ def test_the_model_verifier_against_the_served_model(tmp_path: Path, embedding: 
     assert isinstance(verdict, bool)
     c = make_cache(tmp_path / "c", embedding, verifier=verifier)
     c.store(QUESTION, SCOPE, answer())
-    assert (c.lookup(PARAPHRASE, SCOPE) is not None) is verdict
+    assert (c.lookup(PARAPHRASE, SCOPE).hit is not None) is verdict

@@ -13,10 +13,10 @@ import functools
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-GuardName = Literal["numbers", "negation", "entities", "opposites"]
-ALL_GUARDS: tuple[GuardName, ...] = ("numbers", "negation", "entities", "opposites")
+GuardName = Literal["numbers", "negation", "entities", "opposites", "content"]
+ALL_GUARDS: tuple[GuardName, ...] = ("numbers", "negation", "entities", "opposites", "content")
 
 _NUMBER_WORDS = {
     "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
@@ -68,6 +68,37 @@ _COMMON = frozenset(
     after before during since until while between among per via vs versus""".split()  # noqa: SIM905
 )
 
+# Words that carry no slot of their own: function words, question framing, and the filler of
+# "what is the best way to ..." questions. Everything else is a content word the other question
+# must share (after stemming and the synonym table) for the "content" guard to let a hit through.
+_FRAME = frozenset(
+    """a an the this that these those there here i you he she it we they me my your our their its us him her them
+    what which who whom whose when where why how whether if is are was were be been being am do does did doing
+    done can could should would will shall may might must have has had having and or but so yet for of in on at
+    to from by with about into as than then also just only any some all each every please tell explain describe
+    give list show find ok okay hi hello thanks thank dear s t d ll m re ve get got getting go going
+    best good great better way ways really actually possible exactly anyone someone something anything thing
+    things kind sort ever lot lots much many one ones else other another up out off own same very most more
+    know need want like make made use using used able try trying let take takes taking took put come greatest
+    between during within without no not never none nor""".split()  # noqa: SIM905
+)
+
+# Words that mean the same in a question, mapped to one representative (compared after stemming).
+_SYNONYMS = [
+    ("quick", "fast", "quickly", "fastest", "quickest", "rapid", "rapidly", "speedy"),
+    ("big", "large", "huge"), ("small", "little", "tiny"), ("buy", "purchase"), ("start", "begin", "launch"),
+    ("rich", "wealthy", "richest", "wealthiest"), ("remove", "rid", "eliminate"),
+    ("father", "dad"), ("mother", "mom", "mum"), ("plane", "airplane", "aeroplane", "aircraft"),
+    ("car", "automobile"), ("symptom", "sign"), ("advantage", "pro", "benefit"), ("disadvantage", "con", "drawback"),
+    ("earn", "paid", "salary", "wage"), ("job", "work", "employment", "hired", "hire"), ("die", "death", "died"),
+    ("cost", "price"), ("ocean", "sea"), ("permanent", "permanently", "forever"),
+    ("discover", "discovery", "discoveries"), ("quit", "stop"), ("movie", "film"),
+    ("doctor", "physician"), ("child", "kid", "children", "kids"), ("people", "person", "everyone", "everybody"),
+    ("learn", "learning", "study"), ("drive", "driving"), ("visit", "travel", "trip"),
+    ("happen", "happened", "occur"), ("cause", "reason", "why"), ("word", "document"),
+    ("file", "document"), ("gift", "present"), ("money", "cash"),
+]  # fmt: skip
+
 _TOKEN = re.compile(r"`[^`\s]+`|[\w$€£%][\w.\-/'$€£%]*[\w%](?:\(\))?|[\w$€£%]")
 _NUMBER = re.compile(r"\d+(?:[.,:]\d+)*(?!\d|st\b|nd\b|rd\b|th\b)")  # ordinals are handled per token
 _ORDINAL = re.compile(r"^(\d+)(?:st|nd|rd|th)$")
@@ -82,6 +113,7 @@ class QuestionFeatures:
     entities: frozenset[str]
     words: frozenset[str]
     stems: frozenset[str]
+    content: frozenset[str]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -114,7 +146,8 @@ def features(text: str) -> QuestionFeatures:
     for num in _NUMBER.findall(text):
         numbers.add(num.replace(",", "") if re.fullmatch(r"\d{1,3}(?:,\d{3})+", num) else num)
     stems = frozenset(_stem(w) for w in words)
-    return QuestionFeatures(frozenset(numbers), negated, frozenset(entities), frozenset(words), stems)
+    content = frozenset(_concept(w) for w in re.findall(r"[a-z][a-z+#]*", text.lower()) if w not in _FRAME)
+    return QuestionFeatures(frozenset(numbers), negated, frozenset(entities), frozenset(words), stems, content)
 
 
 def rejection(query: str, cached: str, guards: Collection[GuardName] = ALL_GUARDS) -> GuardName | None:
@@ -146,11 +179,18 @@ def _opposites_swapped(a: QuestionFeatures, b: QuestionFeatures) -> bool:
     return any((a.stems & group) - b.stems and (b.stems & group) - a.stems for group in _exclusive_stems())
 
 
+def _content_differs(a: QuestionFeatures, b: QuestionFeatures) -> bool:
+    """A content word (stemmed, synonyms folded) in one question that the other lacks: the two
+    differ in a slot (object, place, person, time, qualifier) the embedding barely weighs."""
+    return a.content != b.content
+
+
 _CHECKS: dict[GuardName, Callable[[QuestionFeatures, QuestionFeatures], bool]] = {
     "numbers": _numbers_differ,
     "negation": _negation_differs,
     "entities": _entities_differ,
     "opposites": _opposites_swapped,
+    "content": _content_differs,
 }
 
 
@@ -198,6 +238,29 @@ def _strip_possessive(token: str) -> str:
 @functools.cache
 def _exclusive_stems() -> list[frozenset[str]]:
     return [frozenset(_stem(w) for w in group) for group in _EXCLUSIVE]
+
+
+@functools.lru_cache(maxsize=65536)
+def _concept(word: str) -> str:
+    """The Snowball stem of a word, with synonyms folded onto one stem."""
+    stem = str(_snowball().stemWord(word))
+    return _synonym_stems().get(stem, stem)
+
+
+@functools.cache
+def _snowball() -> Any:
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+@functools.cache
+def _synonym_stems() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for group in _SYNONYMS:
+        head = str(_snowball().stemWord(group[0]))
+        table.update({str(_snowball().stemWord(w)): table.get(head, head) for w in group})
+    return table
 
 
 def _stem(word: str) -> str:
