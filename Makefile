@@ -51,13 +51,26 @@ else
 endif
 	touch $@
 
-tiny-model: $(VENV)/.installed ## Build the offline tiny random-weights chat model into models/tiny-chat
+# The offline model: the chains render its training chats, serving trains it. Both steps are
+# cached: the chats by make (their inputs below), the model by a hash of its recipe.
+TINY_DATA   := models/tiny-data
+TINY_INPUTS := chains/synthetic.py chains/prompts.py chains/context.py chains/tools.py chains/results.py \
+               $(shell find data/docs -name '*.md' -o -name '*.txt')
+# Train the tiny model unless a model is configured (used by the targets that serve it).
+ENSURE_TINY := if [ -z "$$RAG_SERVING__MODEL" ]; then $(MAKE) --no-print-directory tiny-model; fi
+
+$(TINY_DATA)/eval.jsonl: $(TINY_INPUTS) | $(VENV)/.installed
+	$(PY) -m chains.synthetic --out $(TINY_DATA)
+
+tiny-model: $(VENV)/.installed $(TINY_DATA)/eval.jsonl ## Train the offline tiny extractive chat model into models/tiny-chat (minutes once; cached)
 	$(PY) -m serving tiny-model
 
 serve: install ## Run the vLLM server for the active profile in the foreground (PROFILE=..., RAG_SERVING__MODEL=...)
+	@$(ENSURE_TINY)
 	$(PY) -m serving serve $(if $(PROFILE),--profile $(PROFILE))
 
 serve-start: install ## Start the vLLM server in the background and wait until it is healthy
+	@$(ENSURE_TINY)
 	$(PY) -m serving start $(if $(PROFILE),--profile $(PROFILE))
 
 serve-stop: ## Stop a background vLLM server started by serve-start
@@ -72,12 +85,16 @@ serve-command: ## Print the vLLM command the profile renders (PROFILE=..., DEVIC
 serve-check: install ## Validate that command offline with vLLM's own parser (PROFILE=..., DEVICE=cpu|cuda)
 	$(PY) -m serving check $(if $(PROFILE),--profile $(PROFILE)) $(if $(DEVICE),--device $(DEVICE))
 
-demo: install ## The main job on a fresh machine: build the offline model if needed, start the engine, index the sample docs, chat
-	$(PY) -m serving start --profile $(DEMO_PROFILE)
-	$(PY) -m indexing --profile $(DEMO_PROFILE) ingest
-	@if [ -z "$$RAG_SERVING__MODEL" ]; then echo ">>> Serving the offline tiny random-weights model: its answers are noise, the cited sources are real."; \
-	echo ">>> Set RAG_SERVING__MODEL to a real model for real answers (README: Serving)."; fi
-	@if [ -t 0 ]; then $(PY) -m chains --profile $(DEMO_PROFILE) chat; \
+demo: install ## The main job on a fresh machine: pick the model (a real one if a model hub answers), start the engine, index the sample docs, chat
+	@eval "$$($(PY) -m serving pick-model --profile $(DEMO_PROFILE))" && $(ENSURE_TINY) && \
+	$(PY) -m serving start --profile $(DEMO_PROFILE) && \
+	$(PY) -m indexing --profile $(DEMO_PROFILE) ingest && \
+	if [ -z "$$RAG_SERVING__MODEL" ]; then \
+	echo ">>> Offline model: a tiny extractive toy trained here on synthetic chats, not a language model."; \
+	echo ">>> It quotes the first sentence of the top passage with its citation, calls the search tool and rewrites follow-ups."; \
+	echo ">>> Set RAG_SERVING__MODEL to a real model, or reach a model hub, for real answers (README: Serving)."; \
+	else echo ">>> Serving $$RAG_SERVING__MODEL."; fi && \
+	if [ -t 0 ]; then $(PY) -m chains --profile $(DEMO_PROFILE) chat; \
 	else printf '%s\n' "$(DEMO_QUESTION_1)" "$(DEMO_QUESTION_2)" | $(PY) -m chains --profile $(DEMO_PROFILE) chat; fi
 	@echo "The engine keeps running in the background: 'make serve-stop' stops it."
 
@@ -90,8 +107,7 @@ stats: $(VENV)/.installed ## Show index statistics
 app: ## The Streamlit chat UI (not yet built)
 	@echo "make app: the Streamlit UI is not built yet" >&2; exit 2
 
-test: install ## Run the whole test suite (unit + integration with a real vLLM CPU server)
-	$(PY) -m serving tiny-model --quiet
+test: install tiny-model ## Run the whole test suite (unit + integration with a real vLLM CPU server)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed ## Only the tests that start no servers and need no engine environment
@@ -106,6 +122,7 @@ lint: $(VENV)/.installed ## ruff + mypy + the import contracts between the parts
 bench: bench-serve bench-ingest eval-retrieval bench-cache bench-chains ## Run every benchmark (results in bench/results/)
 
 bench-serve: install ## Serving benchmark: TTFT, throughput, batching, speculation, prefix caching
+	@$(ENSURE_TINY)
 	$(PY) -m bench.serve
 
 bench-ingest: $(VENV)/.installed ## Ingestion throughput vs raw embedding, re-ingest, retrieval latency
@@ -118,7 +135,8 @@ bench-cache: $(VENV)/.installed ## Semantic-cache precision/hit rate over thresh
 	$(PY) -m bench.cache_precision $(or $(PAIRS),../shared/data/cache_pairs.json)
 
 bench-chains: install ## Cache latency/precision, orchestration overhead, prefix-cache rate, memory savings
+	@$(ENSURE_TINY)
 	$(PY) -m bench.chains
 
 clean: ## Remove built models and runtime data (keeps environments and sample docs)
-	rm -rf models/tiny-chat data/index data/cache data/conversations.sqlite .run
+	rm -rf models/tiny-chat $(TINY_DATA) data/index data/cache data/conversations.sqlite .run
