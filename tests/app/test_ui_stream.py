@@ -13,7 +13,7 @@ from app.ui_stream import AnswerStream
 from chains.loop_thread import LoopThread
 
 
-class Interrupted(Exception):
+class RerunRequestedError(Exception):
     """What Streamlit raises at a checkpoint when a rerun (a Stop click) is pending."""
 
 
@@ -63,10 +63,10 @@ def test_stop_before_the_first_piece_cancels_the_waiting_turn(runner: LoopThread
     turn = Turn(["never"], first_delay_s=30.0)
 
     def checkpoint() -> None:
-        raise Interrupted
+        raise RerunRequestedError
 
     stream = AnswerStream(turn.run(), runner, checkpoint=checkpoint, tick_s=0.01)
-    with pytest.raises(Interrupted):
+    with pytest.raises(RerunRequestedError):
         try:
             list(stream)
         finally:
