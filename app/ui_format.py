@@ -3,7 +3,12 @@ they are tested on their own and the page code stays about layout."""
 
 from __future__ import annotations
 
+import re
+
 from chains.results import Source, Timings
+from chains.tokens import approx_tokens
+
+_CACHE_NOTICE = re.compile(r"semantic cache \(similarity ([0-9.]+)\)")
 
 
 def duration(seconds: float) -> str:
@@ -13,20 +18,30 @@ def duration(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
-def timing_line(timings: Timings, completion_tokens: int = 0) -> str:
+def timing_line(timings: Timings, answer: str = "") -> str:
     """The compact line under an answer: retrieval · first token · tokens/s · total.
 
-    Stages that did not run (a cache hit retrieves nothing) are left out; tokens/s needs both
-    the generated token count and a generation time."""
+    Stages that did not run (a cache hit retrieves nothing) are left out. The stored turn keeps
+    no token count, so tokens/s is estimated from the answer text with the chains' own token
+    estimate and marked `≈`."""
     parts = []
     if timings.retrieval_s > 0:
         parts.append(f"retrieval {duration(timings.retrieval_s)}")
     if timings.ttft_s is not None:
         parts.append(f"first token {duration(timings.ttft_s)}")
-    if completion_tokens > 0 and timings.generation_s > 0:
-        parts.append(f"{completion_tokens / timings.generation_s:.0f} tokens/s")
+    if answer and timings.generation_s > 0:
+        parts.append(f"≈{approx_tokens(answer) / timings.generation_s:.0f} tokens/s")
     parts.append(f"total {duration(timings.total_s)}")
     return " · ".join(parts)
+
+
+def cache_similarity(notices: tuple[str, ...]) -> float | None:
+    """The similarity of a cache hit, from the notice the agent attaches to the turn."""
+    for notice in notices:
+        match = _CACHE_NOTICE.search(notice)
+        if match:
+            return float(match.group(1))
+    return None
 
 
 def source_title(source: Source) -> str:

@@ -12,8 +12,8 @@ partial answer marked stopped.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from typing import Generic, TypeVar, cast
 
 from chains.loop_thread import LoopThread
 
@@ -65,7 +65,7 @@ class AnswerStream(Generic[T]):
     def __init__(
         self, items: AsyncIterator[T], runner: LoopThread, checkpoint: Callable[[], object], tick_s: float = 0.1
     ) -> None:
-        self._steps = runner.iterate(with_ticks(items, tick_s))
+        self._steps = cast(Generator[T | _Tick], runner.iterate(with_ticks(items, tick_s)))
         self._checkpoint = checkpoint
 
     def __iter__(self) -> Iterator[T]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.ui_format import duration, size, source_title, timing_line
+from app.ui_format import cache_similarity, duration, size, source_title, timing_line
 from chains import Source, Timings
 
 
@@ -19,7 +19,13 @@ def test_timing_line_of_a_cache_hit_leaves_out_what_did_not_run() -> None:
 
 
 def test_timing_line_without_any_text_has_only_the_total() -> None:
-    assert timing_line(Timings(total_s=0.5), completion_tokens=7) == "total 500 ms"
+    assert timing_line(Timings(total_s=0.5), answer="") == "total 500 ms"
+
+
+def test_cache_similarity_is_read_from_the_agents_notice() -> None:
+    notices = ("question truncated", "answered from the semantic cache (similarity 0.932)")
+    assert cache_similarity(notices) == 0.932
+    assert cache_similarity(("stopped by the user",)) is None
 
 
 def test_source_title_has_place_and_score() -> None:
