@@ -19,11 +19,12 @@ DEMO_PROFILE ?= $(or $(PROFILE),$(if $(HAS_GPU),balanced,cpu))
 DEMO_QUESTION_1 := How do I add my own documents to the index?
 DEMO_QUESTION_2 := Which file formats can it read?
 PYTEST_ARGS ?=
+UI_PORT     ?= 8501
 export PYTHONPATH := $(CURDIR)
 export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
 
-.PHONY: help install tiny-model demo serve serve-start serve-stop serve-status serve-command serve-check ingest stats app test test-fast lint \
+.PHONY: help install tiny-model demo stop serve serve-start serve-stop serve-status serve-command serve-check ingest stats app test test-fast lint \
         bench bench-serve bench-ingest eval-retrieval bench-cache bench-chains clean
 
 help: ## Show this help
@@ -85,18 +86,22 @@ serve-command: ## Print the vLLM command the profile renders (PROFILE=..., DEVIC
 serve-check: install ## Validate that command offline with vLLM's own parser (PROFILE=..., DEVICE=cpu|cuda)
 	$(PY) -m serving check $(if $(PROFILE),--profile $(PROFILE)) $(if $(DEVICE),--device $(DEVICE))
 
-demo: install ## The main job on a fresh machine: pick the model (a real one if a model hub answers), start the engine, index the sample docs, chat
+demo: install ## The main job on a fresh machine: pick the model (a real one if a model hub answers), start the engine, index the sample docs, start the API and the chat UI
 	@eval "$$($(PY) -m serving pick-model --profile $(DEMO_PROFILE))" && $(ENSURE_TINY) && \
 	$(PY) -m serving start --profile $(DEMO_PROFILE) && \
 	$(PY) -m indexing --profile $(DEMO_PROFILE) ingest && \
+	RAG_UI_PORT=$(UI_PORT) $(PY) -m app.demo --profile $(DEMO_PROFILE) start && \
 	if [ -z "$$RAG_SERVING__MODEL" ]; then \
 	echo ">>> Offline model: a tiny extractive toy trained here on synthetic chats, not a language model."; \
 	echo ">>> It quotes the first sentence of the top passage with its citation, calls the search tool and rewrites follow-ups."; \
 	echo ">>> Set RAG_SERVING__MODEL to a real model, or reach a model hub, for real answers (README: Serving)."; \
 	else echo ">>> Serving $$RAG_SERVING__MODEL."; fi && \
-	if [ -t 0 ]; then $(PY) -m chains --profile $(DEMO_PROFILE) chat; \
-	else printf '%s\n' "$(DEMO_QUESTION_1)" "$(DEMO_QUESTION_2)" | $(PY) -m chains --profile $(DEMO_PROFILE) chat; fi
-	@echo "The engine keeps running in the background: 'make serve-stop' stops it."
+	if [ ! -t 0 ]; then $(PY) -m app.demo --profile $(DEMO_PROFILE) ask "$(DEMO_QUESTION_1)" "$(DEMO_QUESTION_2)"; fi
+	@echo ">>> The engine, the API and the UI (http://127.0.0.1:$(UI_PORT)) keep running: 'make stop' stops them all."
+
+stop: ## Stop what `make demo` started: the chat UI, the API and the background engine
+	RAG_UI_PORT=$(UI_PORT) $(PY) -m app.demo stop
+	$(PY) -m serving stop
 
 ingest: $(VENV)/.installed ## Index documents into data/index (DOCS="path ..." to choose; default data/docs)
 	$(PY) -m indexing $(if $(PROFILE),--profile $(PROFILE)) ingest $(DOCS)
@@ -104,8 +109,9 @@ ingest: $(VENV)/.installed ## Index documents into data/index (DOCS="path ..." t
 stats: $(VENV)/.installed ## Show index statistics
 	$(PY) -m indexing $(if $(PROFILE),--profile $(PROFILE)) stats
 
-app: ## The Streamlit chat UI (not yet built)
-	@echo "make app: the Streamlit UI is not built yet" >&2; exit 2
+app: $(VENV)/.installed ## The Streamlit chat UI on http://127.0.0.1:8501 (UI_PORT=...; needs an engine: make serve-start; documents: make ingest)
+	$(VENV)/bin/streamlit run app/ui.py --server.address 127.0.0.1 --server.port $(UI_PORT) \
+		--server.headless true --browser.gatherUsageStats false
 
 test: install tiny-model ## Run the whole test suite (unit + integration with a real vLLM CPU server)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -17,7 +17,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -39,7 +39,7 @@ from chains.middleware import (
     TimingMiddleware,
 )
 from chains.prompts import PROMPT_VERSION, SYSTEM_PROMPT, retrieval_only_answer
-from chains.questions import conversation_id_or_new, prepare_question
+from chains.questions import QuestionError, conversation_id_or_new, prepare_question
 from chains.results import Source, TurnResult
 from chains.tools import make_search_tool
 from chains.trace import LLMCallTracer, TurnTrace
@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Piece = str | TurnResult
+SourcesCallback = Callable[[list[Source]], None]
+MAX_TOP_K = 100
+"""Most passages one call may ask for (the bound of `index.top_k`)."""
 
 
 class RagAgent:
@@ -173,22 +176,65 @@ class RagAgent:
 
     # Public API: every method runs the one async pipeline, `_turn`, on the agent's loop.
 
-    def invoke(self, question: str, conversation_id: str | None = None, *, use_cache: bool = True) -> TurnResult:
-        return self._runner.run(self._result(question, conversation_id, use_cache))
+    # Per-call options: `top_k` passages retrieved (default `index.top_k`); `model_settings`,
+    # request fields for the answer's model calls (e.g. `max_completion_tokens`); for streams,
+    # `on_sources`, called on the agent's loop with the passages the answer will rest on, before
+    # its first text (so a UI can show them early).
 
-    async def ainvoke(self, question: str, conversation_id: str | None = None, *, use_cache: bool = True) -> TurnResult:
-        return await self._runner.arun(self._result(question, conversation_id, use_cache))
+    def invoke(
+        self,
+        question: str,
+        conversation_id: str | None = None,
+        *,
+        use_cache: bool = True,
+        top_k: int | None = None,
+        model_settings: Mapping[str, Any] | None = None,
+    ) -> TurnResult:
+        return self._runner.run(
+            self._result(question, conversation_id, use_cache, _Options(top_k, dict(model_settings or {})))
+        )
 
-    def stream(self, question: str, conversation_id: str | None = None, *, use_cache: bool = True) -> Iterator[Piece]:
+    async def ainvoke(
+        self,
+        question: str,
+        conversation_id: str | None = None,
+        *,
+        use_cache: bool = True,
+        top_k: int | None = None,
+        model_settings: Mapping[str, Any] | None = None,
+    ) -> TurnResult:
+        return await self._runner.arun(
+            self._result(question, conversation_id, use_cache, _Options(top_k, dict(model_settings or {})))
+        )
+
+    def stream(
+        self,
+        question: str,
+        conversation_id: str | None = None,
+        *,
+        use_cache: bool = True,
+        top_k: int | None = None,
+        model_settings: Mapping[str, Any] | None = None,
+        on_sources: SourcesCallback | None = None,
+    ) -> Iterator[Piece]:
         """Text pieces as they are generated, then the `TurnResult`. Read to the end: the turn is
         stored in the conversation (and the cache) before the result is yielded."""
-        return self._runner.iterate(self._turn(question, conversation_id, use_cache))
+        options = _Options(top_k, dict(model_settings or {}), on_sources)
+        return self._runner.iterate(self._turn(question, conversation_id, use_cache, options))
 
     def astream(
-        self, question: str, conversation_id: str | None = None, *, use_cache: bool = True
+        self,
+        question: str,
+        conversation_id: str | None = None,
+        *,
+        use_cache: bool = True,
+        top_k: int | None = None,
+        model_settings: Mapping[str, Any] | None = None,
+        on_sources: SourcesCallback | None = None,
     ) -> AsyncIterator[Piece]:
         """Text pieces as they are generated, then the `TurnResult`."""
-        return self._runner.aiterate(self._turn(question, conversation_id, use_cache))
+        options = _Options(top_k, dict(model_settings or {}), on_sources)
+        return self._runner.aiterate(self._turn(question, conversation_id, use_cache, options))
 
     async def abatch(
         self,
@@ -203,7 +249,7 @@ class RagAgent:
         ids = list(conversation_ids) if conversation_ids is not None else [None] * len(questions)
         if len(ids) != len(questions):
             raise ValueError(f"{len(questions)} questions but {len(ids)} conversation ids")
-        turns = [self._result(q, cid, use_cache) for q, cid in zip(questions, ids, strict=True)]
+        turns = [self._result(q, cid, use_cache, _Options()) for q, cid in zip(questions, ids, strict=True)]
 
         async def gather() -> list[TurnResult | BaseException]:
             return await asyncio.gather(*turns, return_exceptions=return_exceptions)
@@ -252,13 +298,17 @@ class RagAgent:
 
     # The pipeline.
 
-    async def _result(self, question: str, conversation_id: str | None, use_cache: bool) -> TurnResult:
-        async for piece in self._turn(question, conversation_id, use_cache):
+    async def _result(
+        self, question: str, conversation_id: str | None, use_cache: bool, options: _Options
+    ) -> TurnResult:
+        async for piece in self._turn(question, conversation_id, use_cache, options):
             if isinstance(piece, TurnResult):
                 return piece
         raise AssertionError("a turn always ends with its result")
 
-    async def _turn(self, question: str, conversation_id: str | None, use_cache: bool) -> AsyncIterator[Piece]:
+    async def _turn(
+        self, question: str, conversation_id: str | None, use_cache: bool, options: _Options
+    ) -> AsyncIterator[Piece]:
         text, notices = prepare_question(question, self._settings.chains.max_question_tokens)
         turn = _Turn(conversation_id_or_new(conversation_id), HumanMessage(text, id=uuid.uuid4().hex), text, notices)
         use_cache = use_cache and self._cache is not None
@@ -270,13 +320,18 @@ class RagAgent:
             if use_cache:
                 lookup = await self._lookup(turn, scope)
                 if lookup.hit is not None:
+                    options.announce([Source.from_dict(s) for s in lookup.hit.answer.sources])
                     async for piece in self._answer_from_cache(turn, lookup.hit):
                         yield piece
                     return
             with turn.trace.stage("retrieval"):
-                passages = await self._retrieve(turn, self._shared(lookup))
+                passages = await self._retrieve(turn, options.top_k, self._shared(lookup))
             registry = PassageRegistry(self._settings.chains.context_token_budget)
-            context = TurnContext(str(turn.asked.id), registry.add(passages), registry, turn.trace)
+            prompt_context = registry.add(passages)
+            options.announce(registry.sources)
+            context = TurnContext(
+                str(turn.asked.id), prompt_context, registry, turn.trace, model_settings=options.model_settings
+            )
             pieces: list[str] = []
             if failure is None:
                 try:
@@ -335,14 +390,14 @@ class RagAgent:
             turn.notices.append(f"follow-up rewritten as {rewrite!r}; retrieval used it and the question as asked")
         return None
 
-    async def _retrieve(self, turn: _Turn, vector: list[float] | None) -> list[Passage]:
+    async def _retrieve(self, turn: _Turn, top_k: int | None, vector: list[float] | None) -> list[Passage]:
         """Passages for the standalone question; for a rewritten follow-up, fused with those of the
         question as asked, so a wrong rewrite cannot push out what the question alone finds."""
-        rewritten = self._retriever.aretrieve(turn.standalone, query_embedding=vector)
+        rewritten = self._retriever.aretrieve(turn.standalone, top_k, query_embedding=vector)
         if turn.standalone == turn.asked.text:
             return await rewritten
-        both = await asyncio.gather(rewritten, self._retriever.aretrieve(turn.asked.text))
-        return fuse(*both, self._retriever.settings.top_k, self._retriever.settings.rrf_k)
+        both = await asyncio.gather(rewritten, self._retriever.aretrieve(turn.asked.text, top_k))
+        return fuse(*both, top_k or self._retriever.settings.top_k, self._retriever.settings.rrf_k)
 
     async def _agent_text(self, cid: str, asked: HumanMessage, context: TurnContext) -> AsyncIterator[str]:
         """The agent's answer text as the model streams it (tool-call messages carry none)."""
@@ -419,6 +474,23 @@ class RagAgent:
             lock = asyncio.Lock()
             self._locks[conversation_id] = lock
         return lock
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Per-call options of the public methods."""
+
+    top_k: int | None = None
+    model_settings: dict[str, Any] = field(default_factory=dict)
+    on_sources: SourcesCallback | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_k is not None and not 1 <= self.top_k <= MAX_TOP_K:
+            raise QuestionError(f"top_k must be between 1 and {MAX_TOP_K}, not {self.top_k}")
+
+    def announce(self, sources: list[Source]) -> None:
+        if self.on_sources is not None:
+            self.on_sources(sources)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chains.results import Source, location
 from chains.tokens import approx_tokens, truncate_to_tokens
@@ -106,3 +106,5 @@ class TurnContext:
     trace: TurnTrace = field(default_factory=TurnTrace)
     model_calls: int = 0
     """Model calls made so far in this turn."""
+    model_settings: dict[str, Any] = field(default_factory=dict)
+    """Request fields for this turn's answer calls (e.g. `max_completion_tokens`), over the model's own."""

@@ -43,7 +43,8 @@ class ContextPrefetchMiddleware(AgentMiddleware[AgentState[Any], TurnContext, An
             else m
             for m in request.messages
         ]
-        return await handler(request.override(messages=messages))
+        settings = {**request.model_settings, **turn.model_settings}
+        return await handler(request.override(messages=messages, model_settings=settings))
 
 
 class SummaryMemoryMiddleware(SummarizationMiddleware[Any, TurnContext]):

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -299,7 +308,28 @@ class ApiSettings(_Section):
     port: int = Field(8080, ge=1, le=65535)
     """Port of the HTTP API."""
     api_key: SecretStr | None = None
-    """When set, requests must carry `Authorization: Bearer <key>`."""
+    """When set, requests must carry `Authorization: Bearer <key>` (every route but `/health`)."""
+    max_body_kb: int = Field(256, ge=1, le=65536)
+    """Largest JSON request body in KiB (chat requests); larger ones get 413."""
+    max_upload_mb: float = Field(20.0, gt=0, le=4096)
+    """Largest uploaded file in MB (UI and API); larger ones are refused with 413."""
+    max_upload_files: int = Field(20, ge=1, le=1000)
+    """Most files in one upload."""
+    uploads_dir: Path = Path("uploads")
+    """Folder uploads are saved to, relative to `index.docs_dir` (always inside it)."""
+    store_db: Path = Path("data/app.sqlite")
+    """SQLite file with per-turn metadata (sources, badges, stopped marks) and feedback."""
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins allowed by CORS; empty (the default) turns CORS off."""
+    engine_check_s: float = Field(2.0, gt=0, le=60)
+    """Timeout of one engine health probe (status, /health)."""
+
+    @field_validator("uploads_dir")
+    @classmethod
+    def _inside_docs_dir(cls, value: Path) -> Path:
+        if value.is_absolute() or ".." in value.parts:
+            raise ValueError("must be a relative folder inside index.docs_dir (no '..')")
+        return value
 
 
 class _ProfileYamlSource(PydanticBaseSettingsSource):
