@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from app.documents import DocumentInfo, DocumentLibrary, IngestJob, SavedFile
 from app.store import ChatStore, ChatTurn, ConversationInfo, write_rows
@@ -302,6 +303,18 @@ class ChatService:
     def history(self, conversation_id: str) -> list[ChatTurn]:
         """The turns as stored: enough to redraw the chat (sources, badges, stopped marks, feedback)."""
         return self._store.turns(conversation_id_or_new(conversation_id))
+
+    def add_history(self, conversation_id: str, history: Sequence[tuple[str, str]]) -> None:
+        """Give a conversation earlier (role, text) turns that a client kept itself; roles other
+        than "user" and "assistant" are ignored (the system prompt is the agent's own)."""
+        messages: list[BaseMessage] = []
+        for role, text in history:
+            if role == "user":
+                messages.append(HumanMessage(text, id=uuid.uuid4().hex))
+            elif role == "assistant":
+                messages.append(AIMessage(text, id=uuid.uuid4().hex))
+        if messages:
+            self._agent.add_history(conversation_id, messages)
 
     def delete_conversation(self, conversation_id: str) -> None:
         """Forget a conversation: its turns, its feedback and the agent's memory of it."""
