@@ -14,6 +14,8 @@ from serving.launch import free_port
 
 API_KEY = "test-key-8d1f"
 """The bearer key the test API server requires."""
+UPLOAD_LIMIT_MB = 0.05
+"""api.max_upload_mb of the test API server."""
 
 
 @dataclass

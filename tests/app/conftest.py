@@ -10,13 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_server import API_KEY, RunningApi, start_api
+from api_server import API_KEY, UPLOAD_LIMIT_MB, RunningApi, start_api
 from llm_server import LLMServer
 
 from config import load_settings
 from config.settings import REPO_ROOT, Settings
-
-UPLOAD_LIMIT_MB = 0.05
 
 
 @pytest.fixture(scope="session")
