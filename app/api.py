@@ -168,11 +168,14 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
             metrics.active_streams.inc()
             finished = False
             try:
-                retrieved_json = [source_json(s) for s in retrieved]
-                role = {"role": "assistant", "content": ""}
-                extra = {"conversation_id": conversation_id, "turn_id": turn_id, "retrieved": retrieved_json}
-                yield _sse(chunk_json(completion_id, model_name, role, **extra))
+                # The first chunk carries the passages and already the first text (one write, not two).
                 piece = first
+                delta = {"role": "assistant", "content": piece if isinstance(piece, str) else ""}
+                retrieved_json = [source_json(s) for s in retrieved]
+                extra = {"conversation_id": conversation_id, "turn_id": turn_id, "retrieved": retrieved_json}
+                yield _sse(chunk_json(completion_id, model_name, delta, **extra))
+                if isinstance(piece, str):
+                    piece = await anext(pieces)
                 while not isinstance(piece, TurnResult):
                     yield _sse(chunk_json(completion_id, model_name, {"content": piece}))
                     piece = await anext(pieces)
