@@ -22,6 +22,7 @@ from dataclasses import asdict
 from typing import Annotated, Any, cast
 
 import anyio
+import openai
 from fastapi import APIRouter, Depends, FastAPI, File, Header, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -191,6 +192,12 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
                 yield _sse(final)
                 yield "data: [DONE]\n\n"
                 finished = True
+            except Exception as exc:  # headers are sent: report in the stream, as OpenAI does
+                log.exception("turn %s failed mid-stream", turn_id)
+                metrics.errors.labels("internal").inc()
+                yield _sse(error_json(f"the answer failed: {exc}", "api_error"))
+                yield "data: [DONE]\n\n"
+                finished = True
             finally:
                 metrics.active_streams.dec()
                 if not finished:
@@ -350,6 +357,15 @@ def _add_error_handlers(app: FastAPI, metrics: ApiMetrics) -> None:
     @app.exception_handler(UnknownTurnError)
     async def unknown_turn(request: Request, exc: UnknownTurnError) -> JSONResponse:
         return reply(404, str(exc), "not_found_error")
+
+    @app.exception_handler(openai.BadRequestError)
+    async def model_refused(request: Request, exc: openai.BadRequestError) -> JSONResponse:
+        return reply(400, f"the model server refused the request: {exc.message}", "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return reply(500, f"internal error: {exc}", "internal")
 
     @app.exception_handler(DocumentError)
     async def bad_document(request: Request, exc: DocumentError) -> JSONResponse:

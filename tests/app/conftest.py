@@ -24,8 +24,7 @@ def api_settings(tmp_path_factory: pytest.TempPathFactory, vllm_server: LLMServe
     return load_settings(
         "test",
         index={"index_dir": root / "index", "docs_dir": root / "docs", "top_k": 3},
-        # Long answers by default, so a disconnect lands mid-generation; tests pass max_tokens to stay quick.
-        llm={"base_url": vllm_server.base_url, "model": vllm_server.model, "max_tokens": 1200},
+        llm={"base_url": vllm_server.base_url, "model": vllm_server.model, "max_tokens": 48},
         chains={"conversations_db": root / "conversations.sqlite"},
         cache={"dir": root / "cache"},
         api={"api_key": API_KEY, "store_db": root / "app.sqlite", "max_upload_mb": UPLOAD_LIMIT_MB},

@@ -140,6 +140,13 @@ def test_bad_requests_get_openai_errors(api: RunningApi) -> None:
         c.chat.completions.create(
             model="rag-model", messages=[{"role": "user", "content": "hi"}], extra_body={"conversation_id": "../x"}
         )
+    too_long = [
+        {"role": "user", "content": "Tell me a story."},
+        {"role": "assistant", "content": "once upon a time " * 800},
+        {"role": "user", "content": "And then?"},
+    ]
+    with pytest.raises(openai.BadRequestError, match="model server refused"):
+        c.chat.completions.create(model="rag-model", messages=too_long, stream=True)  # type: ignore[arg-type]
     huge = "word " * 60_000  # 300 kB, above api.max_body_kb
     response = httpx.post(
         f"{api.base_url}/chat/completions",
@@ -214,7 +221,8 @@ def proxied_api(
     settings = load_settings(
         "test",
         index=api_settings.index.model_dump(),
-        llm={**api_settings.llm.model_dump(), "base_url": f"http://127.0.0.1:{proxy.port}/v1"},
+        # Long answers, so the disconnect lands mid-generation.
+        llm={**api_settings.llm.model_dump(), "base_url": f"http://127.0.0.1:{proxy.port}/v1", "max_tokens": 1200},
         chains={"conversations_db": tmp_path / "conversations.sqlite"},
         cache={"dir": tmp_path / "cache"},
         api={"api_key": API_KEY, "store_db": tmp_path / "app.sqlite"},
