@@ -41,8 +41,8 @@ from app.api_schema import (
     usage_json,
 )
 from app.documents import DocumentError, UnknownDocumentError, UploadTooLargeError
+from app.errors import NotFoundError
 from app.service import ChatService
-from app.store import UnknownTurnError
 from chains import Source, TurnResult
 from chains.questions import QuestionError
 from config.settings import Settings
@@ -342,21 +342,20 @@ def _add_error_handlers(app: FastAPI, metrics: ApiMetrics) -> None:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         return reply(400, f"invalid request: {problems}", "invalid_request_error")
 
-    @app.exception_handler(QuestionError)
-    async def bad_question(request: Request, exc: QuestionError) -> JSONResponse:
-        return reply(400, str(exc), "invalid_request_error")
+    # Most specific first: an error is answered by the first kind it is an instance of.
+    statuses: list[tuple[type[Exception], int, str]] = [
+        (QuestionError, 400, "invalid_request_error"),
+        (UploadTooLargeError, 413, "request_too_large"),
+        (DocumentError, 400, "invalid_request_error"),
+        (NotFoundError, 404, "not_found_error"),
+    ]
 
-    @app.exception_handler(UploadTooLargeError)
-    async def too_large(request: Request, exc: UploadTooLargeError) -> JSONResponse:
-        return reply(413, str(exc), "request_too_large")
+    async def known(request: Request, exc: Exception) -> JSONResponse:
+        status, kind = next((s, k) for cls, s, k in statuses if isinstance(exc, cls))
+        return reply(status, str(exc), kind)
 
-    @app.exception_handler(UnknownDocumentError)
-    async def unknown_document(request: Request, exc: UnknownDocumentError) -> JSONResponse:
-        return reply(404, str(exc), "not_found_error")
-
-    @app.exception_handler(UnknownTurnError)
-    async def unknown_turn(request: Request, exc: UnknownTurnError) -> JSONResponse:
-        return reply(404, str(exc), "not_found_error")
+    for cls, _, _ in statuses:
+        app.add_exception_handler(cls, known)
 
     @app.exception_handler(openai.BadRequestError)
     async def model_refused(request: Request, exc: openai.BadRequestError) -> JSONResponse:
@@ -366,10 +365,6 @@ def _add_error_handlers(app: FastAPI, metrics: ApiMetrics) -> None:
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return reply(500, f"internal error: {exc}", "internal")
-
-    @app.exception_handler(DocumentError)
-    async def bad_document(request: Request, exc: DocumentError) -> JSONResponse:
-        return reply(400, str(exc), "invalid_request_error")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
