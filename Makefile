@@ -24,13 +24,8 @@ export PYTHONPATH := $(CURDIR)
 export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
 
-<<<<<<< HEAD
-.PHONY: help install tiny-model demo stop serve serve-start serve-stop serve-status serve-command serve-check ingest stats app test test-fast lint \
-        bench bench-serve bench-ingest eval-retrieval bench-cache bench-chains clean
-=======
-.PHONY: help install tiny-model demo serve serve-start serve-stop serve-status serve-command serve-check ingest stats api app test test-fast lint \
+.PHONY: help install tiny-model demo stop serve serve-start serve-stop serve-status serve-command serve-check ingest stats api app test test-fast lint \
         bench bench-serve bench-ingest eval-retrieval bench-cache bench-chains bench-api clean
->>>>>>> api
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -114,17 +109,12 @@ ingest: $(VENV)/.installed ## Index documents into data/index (DOCS="path ..." t
 stats: $(VENV)/.installed ## Show index statistics
 	$(PY) -m indexing $(if $(PROFILE),--profile $(PROFILE)) stats
 
-<<<<<<< HEAD
-app: $(VENV)/.installed ## The Streamlit chat UI on http://127.0.0.1:8501 (UI_PORT=...; needs an engine: make serve-start; documents: make ingest)
-	$(VENV)/bin/streamlit run app/ui.py --server.address 127.0.0.1 --server.port $(UI_PORT) \
-		--server.headless true --browser.gatherUsageStats false
-=======
 api: $(VENV)/.installed ## The OpenAI-compatible RAG API on api.host:api.port (default 127.0.0.1:8080; PROFILE=...)
 	$(PY) -m app.api $(if $(PROFILE),--profile $(PROFILE))
 
-app: ## The Streamlit chat UI (not yet built)
-	@echo "make app: the Streamlit UI is not built yet" >&2; exit 2
->>>>>>> api
+app: $(VENV)/.installed ## The Streamlit chat UI on http://127.0.0.1:8501 (UI_PORT=...; needs an engine: make serve-start; documents: make ingest)
+	$(VENV)/bin/streamlit run app/ui.py --server.address 127.0.0.1 --server.port $(UI_PORT) \
+		--server.headless true --browser.gatherUsageStats false
 
 test: install tiny-model ## Run the whole test suite (unit + integration with a real vLLM CPU server)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -161,8 +151,4 @@ bench-api: install ## API under load: 1/8/32 clients, req/s, TTFT p50/p95, error
 	$(PY) -m bench.api
 
 clean: ## Remove built models and runtime data (keeps environments and sample docs)
-<<<<<<< HEAD
-	rm -rf models/tiny-chat $(TINY_DATA) data/index data/cache data/conversations.sqlite .run
-=======
-	rm -rf models/tiny-chat data/index data/cache data/conversations.sqlite data/app.sqlite* .run
->>>>>>> api
+	rm -rf models/tiny-chat $(TINY_DATA) data/index data/cache data/conversations.sqlite data/app.sqlite* .run
