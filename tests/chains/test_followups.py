@@ -162,3 +162,13 @@ def test_a_question_that_names_its_subject_skips_the_rewrite_call(make_agent: An
     assert result.standalone_question == result.question
     assert any("names its subject" in n for n in result.notices)
     assert "shipping.md" in _prompt_passages(model)
+
+
+def test_a_rewrite_that_repeats_the_question_is_reported_as_kept(make_agent: Any) -> None:
+    agent, model = make_agent(["Parts and labour [1].", BATTERY_FOLLOW_UP, "Ten hours [1]."])
+    agent.invoke(WARRANTY_Q, "kept")
+    result = agent.invoke(BATTERY_FOLLOW_UP, "kept")
+
+    assert [kind(c) for c in model.calls] == ["agent", "condense", "agent"]
+    assert result.standalone_question == BATTERY_FOLLOW_UP
+    assert any(n.startswith("follow-up kept as asked") for n in result.notices)
