@@ -3,11 +3,13 @@ settings that keep conversations and the cache under tmp_path."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from chain_docs import write_docs
+from scripted_model import ScriptedChatModel, scripted_agent
 
 from config import load_settings
 from config.settings import Settings
@@ -49,3 +51,18 @@ def unit_settings(tmp_path: Path, index_dir: Path) -> Settings:
         chains={"conversations_db": tmp_path / "conversations.sqlite"},
         cache={"dir": tmp_path / "cache", "enabled": False},
     )
+
+
+@pytest.fixture
+def make_agent(unit_settings: Settings, retriever: Any) -> Iterator[Any]:
+    """`make_agent(script, settings=None)`: scripted agents on the session index, closed after the test."""
+    agents: list[Any] = []
+
+    def make(script: list[Any], settings: Settings | None = None) -> tuple[Any, ScriptedChatModel]:
+        agent, model = scripted_agent(settings or unit_settings, retriever, script)
+        agents.append(agent)
+        return agent, model
+
+    yield make
+    for agent in agents:
+        agent.close()

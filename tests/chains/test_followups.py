@@ -3,15 +3,13 @@ rewrites are garbage (scripted: the served tiny model's noise is exercised by be
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from scripted_model import ScriptedChatModel, kind
 
-from chains import RagAgent, TurnResult
+from chains import TurnResult
 from chains.followups import RewriteRules, content_words, fuse, needs_history, rejection
-from config.settings import Settings
 from indexing.retrieval import Passage
 
 WARRANTY_Q = "What does the X200 warranty cover?"
@@ -86,21 +84,6 @@ def test_fuse_puts_passages_found_by_both_first_and_keeps_k() -> None:
     fused = fuse([_passage("a"), _passage("b"), _passage("c")], [_passage("x"), _passage("b")], 3)
     assert [p.node_id for p in fused] == ["b", "a", "x"]
     assert fused[0].score > fused[1].score >= fused[2].score
-
-
-@pytest.fixture
-def make_agent(unit_settings: Settings, retriever: Any) -> Iterator[Any]:
-    agents: list[RagAgent] = []
-
-    def make(script: list[Any]) -> tuple[RagAgent, ScriptedChatModel]:
-        model = ScriptedChatModel(script=script)
-        agent = RagAgent(unit_settings, retriever=retriever, chat_model=model, cache=None)
-        agents.append(agent)
-        return agent, model
-
-    yield make
-    for agent in agents:
-        agent.close()
 
 
 def _prompt_passages(model: ScriptedChatModel) -> str:
