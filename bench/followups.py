@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import json
 import logging
 import os
-import platform
 import random
 import re
 import statistics
@@ -41,9 +41,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
+from bench.common import add_server_arguments, chat_server, machine, write_results
 from chains.condense import condense_question
 from chains.followups import DEFAULT_RULES, RewriteRules, fuse, needs_history, rejection, words
 from chains.llm import make_chat_model
@@ -148,19 +148,6 @@ async def model_rewrites(settings: Settings, retriever: HybridRetriever, items: 
         if model.http_async_client is not None:
             await model.http_async_client.aclose()
     return out
-
-
-class Retrievals:
-    """Retrieval results by query text, each query retrieved once."""
-
-    def __init__(self, retriever: HybridRetriever) -> None:
-        self._retriever = retriever
-        self._seen: dict[str, list[Passage]] = {}
-
-    def __call__(self, query: str) -> list[Passage]:
-        if query not in self._seen:
-            self._seen[query] = self._retriever.retrieve(query, top_k=K) if query.strip() else []
-        return self._seen[query]
 
 
 def passages_for(
@@ -303,8 +290,7 @@ def table(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.followups", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-url", help="use this running server for the model's rewrites instead of starting vLLM")
-    parser.add_argument("--model", help="served model name at --base-url (default: the first it lists)")
+    add_server_arguments(parser)
     parser.add_argument("--set", type=Path, default=DEFAULT_SET, help="the follow-up set (JSON)")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="index of data/docs (reused)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -322,31 +308,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = load_set(args.set)
     check_gold(retriever, items)
 
-    server = None
-    if args.base_url:
-        settings.llm.base_url = args.base_url.rstrip("/")
-        settings.llm.model = args.model or httpx.get(f"{settings.llm.base_url}/models").json()["data"][0]["id"]
-    else:
-        from serving.launch import EngineServer, free_port
-
-        settings.serving.port = free_port()
-        settings.llm.base_url = f"http://127.0.0.1:{settings.serving.port}/v1"
-        server = EngineServer(settings.serving).start()
     load_before = os.getloadavg()
-    try:
+    with chat_server(settings, args.base_url, args.model) as server:
         started = time.perf_counter()
         for item, text in zip(items, asyncio.run(model_rewrites(settings, retriever, items)), strict=True):
             item.rewrites["model"] = text
         rewrite_s = time.perf_counter() - started
-    finally:
-        if server is not None:
-            server.stop()
     rng = random.Random(7)
     vocabulary = sorted({w for i in items for w in words(i.rewrites["gold"]) if len(w) > 3})
     for item in items:
         item.rewrites["noise"] = noise_rewrite(item.question, vocabulary, rng)
 
-    get = Retrievals(retriever)
+    @functools.cache
+    def get(query: str) -> list[Passage]:
+        """Each query retrieved once (the variants share most queries)."""
+        return retriever.retrieve(query, top_k=K) if query.strip() else []
+
     halves = {half: [i for i in items if i.half == half] for half in ("tune", "report")}
     tuned = tune(halves["tune"], get)
     result: dict[str, Any] = {
@@ -366,20 +343,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["setup"] = {
         "index": {"docs": "data/docs", "chunks": chunks, "top_k": K},
         "set": str(args.set.relative_to(REPO_ROOT) if args.set.is_relative_to(REPO_ROOT) else args.set),
-        "model": settings.serving.model if server else settings.llm.model,
-        "server": "started by the benchmark" if server else settings.llm.base_url,
+        "model": settings.llm.model,
+        "server": server,
         "model_rewrites_s": rewrite_s,
         "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]],
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **machine(),
         "hit": "a top-5 passage of a gold file containing its evidence text",
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "followups.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    plot(result, args.out / "followups.png")
-    print(table(result))
-    print(f"\nwrote {args.out / 'followups.json'} and {args.out / 'followups.png'}", file=sys.stderr)
+    write_results(result, args.out, "followups", plot, table(result))
     return 0
 
 

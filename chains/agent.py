@@ -2,7 +2,8 @@
 
 A turn: validate the question; rewrite a follow-up into a standalone question (skipped without
 history or when the question names its subject; a rewrite that fails the checks in
-`chains.followups` is not used); look it up in the semantic cache; retrieve passages; run the LangChain agent with those
+`chains.followups` is not used); look it up in the semantic cache; retrieve passages (for a
+rewritten follow-up, also for the question as asked, fused); run the LangChain agent with those
 passages already in its first prompt; stream its text; store the turn in the conversation and the
 answer in the cache. When the model server cannot answer, the turn still returns, within the
 configured timeout, the top passages with citations, marked `retrieval_only`.
@@ -390,7 +391,9 @@ class RagAgent:
         reason = rejection(question, rewrite)
         if reason is not None:
             turn.notices.append(f"rewrite not used, {reason}: {rewrite[:200]!r}")
-        elif rewrite != question:
+        elif rewrite == question:
+            turn.notices.append("follow-up kept as asked: the model's rewrite is the question itself")
+        else:
             turn.standalone = rewrite
             turn.notices.append(f"follow-up rewritten as {rewrite!r}; retrieval used it and the question as asked")
         return None

@@ -88,7 +88,9 @@ class TurnResult:
     question: str
     """The question as answered (stripped, possibly truncated)."""
     standalone_question: str
-    """The question rewritten without the conversation; what retrieval and the cache saw."""
+    """The question rewritten without the conversation (the question itself when it needed no
+    rewrite or the rewrite failed the checks; `notices` say which); what the cache saw. Retrieval
+    used it and, when they differ, the question as asked."""
     cached: bool
     retrieval_only: bool
     """True when the model was unreachable and the answer lists the top passages instead."""

@@ -3,6 +3,7 @@ settings that keep conversations and the cache under tmp_path."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from config import load_settings
 from config.settings import Settings
 from tests.chains.chain_docs import write_docs
+from tests.chains.scripted_model import ScriptedChatModel, scripted_agent
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +44,18 @@ def unit_settings(tmp_path: Path, index_dir: Path) -> Settings:
         chains={"conversations_db": tmp_path / "conversations.sqlite"},
         cache={"dir": tmp_path / "cache", "enabled": False},
     )
+
+
+@pytest.fixture
+def make_agent(unit_settings: Settings, retriever: Any) -> Iterator[Any]:
+    """`make_agent(script, settings=None)`: scripted agents on the session index, closed after the test."""
+    agents: list[Any] = []
+
+    def make(script: list[Any], settings: Settings | None = None) -> tuple[Any, ScriptedChatModel]:
+        agent, model = scripted_agent(settings or unit_settings, retriever, script)
+        agents.append(agent)
+        return agent, model
+
+    yield make
+    for agent in agents:
+        agent.close()

@@ -13,7 +13,9 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field, model_validator
 
+from chains import RagAgent
 from chains.prompts import CONDENSE_TEMPLATE, SYSTEM_PROMPT
+from config.settings import Settings
 
 
 class ScriptedChatModel(GenericFakeChatModel):
@@ -96,3 +98,9 @@ def kind(call: list[BaseMessage]) -> str:
 def tool_call(query: str, call_id: str = "call-1") -> AIMessage:
     """A scripted model reply asking for `search_documents(query)`."""
     return AIMessage("", tool_calls=[{"name": "search_documents", "args": {"query": query}, "id": call_id}])
+
+
+def scripted_agent(settings: Settings, retriever: Any, script: list[Any]) -> tuple[RagAgent, ScriptedChatModel]:
+    """An agent without a cache whose model replies with `script`; close it when done."""
+    model = ScriptedChatModel(script=script)
+    return RagAgent(settings, retriever=retriever, chat_model=model, cache=None), model

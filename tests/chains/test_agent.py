@@ -8,7 +8,6 @@ scripted; the real server is exercised in test_agent_integration.py.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +20,9 @@ from chains import QuestionError, RagAgent, TurnResult
 from chains.condense import is_summary
 from chains.prompts import SYSTEM_PROMPT
 from config.settings import Settings
-from tests.chains.scripted_model import ScriptedChatModel, kind, tool_call
+from tests.chains.scripted_model import ScriptedChatModel, kind, scripted_agent, tool_call
 
 WARRANTY_Q = "What does the X200 warranty cover?"
-
-
-def _agent(settings: Settings, retriever: Any, script: list[Any]) -> tuple[RagAgent, ScriptedChatModel]:
-    model = ScriptedChatModel(script=script)
-    return RagAgent(settings, retriever=retriever, chat_model=model, cache=None), model
-
-
-@pytest.fixture
-def make_agent(unit_settings: Settings, retriever: Any) -> Iterator[Any]:
-    agents: list[RagAgent] = []
-
-    def make(script: list[Any], settings: Settings | None = None) -> tuple[RagAgent, ScriptedChatModel]:
-        agent, model = _agent(settings or unit_settings, retriever, script)
-        agents.append(agent)
-        return agent, model
-
-    yield make
-    for agent in agents:
-        agent.close()
 
 
 def test_first_model_call_carries_the_passages_and_answers_without_tools(make_agent: Any) -> None:
@@ -185,11 +165,11 @@ async def test_async_api_matches_sync(make_agent: Any) -> None:
 
 
 def test_conversation_survives_a_new_agent_object(unit_settings: Settings, retriever: Any) -> None:
-    first, _ = _agent(unit_settings, retriever, ["Parts and labour [1]."])
+    first, _ = scripted_agent(unit_settings, retriever, ["Parts and labour [1]."])
     first.invoke(WARRANTY_Q, "c9")
     first.close()
 
-    second, model = _agent(unit_settings, retriever, ["What about the X200 battery?", "Ten hours [1]."])
+    second, model = scripted_agent(unit_settings, retriever, ["What about the X200 battery?", "Ten hours [1]."])
     try:
         assert [m.text for m in second.history("c9")] == [WARRANTY_Q, "Parts and labour [1]."]
         second.invoke("and the battery?", "c9")

@@ -3,14 +3,12 @@ rewrites are garbage (scripted: the served tiny model's noise is exercised by be
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from chains import RagAgent, TurnResult
+from chains import TurnResult
 from chains.followups import RewriteRules, content_words, fuse, needs_history, rejection
-from config.settings import Settings
 from indexing.retrieval import Passage
 from tests.chains.scripted_model import ScriptedChatModel, kind
 
@@ -88,21 +86,6 @@ def test_fuse_puts_passages_found_by_both_first_and_keeps_k() -> None:
     assert fused[0].score > fused[1].score >= fused[2].score
 
 
-@pytest.fixture
-def make_agent(unit_settings: Settings, retriever: Any) -> Iterator[Any]:
-    agents: list[RagAgent] = []
-
-    def make(script: list[Any]) -> tuple[RagAgent, ScriptedChatModel]:
-        model = ScriptedChatModel(script=script)
-        agent = RagAgent(unit_settings, retriever=retriever, chat_model=model, cache=None)
-        agents.append(agent)
-        return agent, model
-
-    yield make
-    for agent in agents:
-        agent.close()
-
-
 def _prompt_passages(model: ScriptedChatModel) -> str:
     """The numbered passages of the last answer call."""
     return model.calls[-1][-1].text.split("Question:")[0]
@@ -162,3 +145,13 @@ def test_a_question_that_names_its_subject_skips_the_rewrite_call(make_agent: An
     assert result.standalone_question == result.question
     assert any("names its subject" in n for n in result.notices)
     assert "shipping.md" in _prompt_passages(model)
+
+
+def test_a_rewrite_that_repeats_the_question_is_reported_as_kept(make_agent: Any) -> None:
+    agent, model = make_agent(["Parts and labour [1].", BATTERY_FOLLOW_UP, "Ten hours [1]."])
+    agent.invoke(WARRANTY_Q, "kept")
+    result = agent.invoke(BATTERY_FOLLOW_UP, "kept")
+
+    assert [kind(c) for c in model.calls] == ["agent", "condense", "agent"]
+    assert result.standalone_question == BATTERY_FOLLOW_UP
+    assert any(n.startswith("follow-up kept as asked") for n in result.notices)
