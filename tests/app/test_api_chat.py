@@ -280,7 +280,7 @@ def test_metrics_count_requests_turns_tokens_and_cache(api: RunningApi) -> None:
         assert match is not None, f"{pattern} missing from /metrics"
         return float(match.group(1))
 
-    assert value(r'rag_api_requests_total\{route="/v1/chat/completions",method="POST",status="200"\}') >= 2
+    assert value(r'rag_api_requests_total\{method="POST",route="/v1/chat/completions",status="200"\}') >= 2
     assert value(r'rag_cache_lookups_total\{result="hit"\}') >= 1
     assert value(r'rag_turns_total\{outcome="cached"\}') >= 1
     assert value(r'rag_tokens_total\{kind="completion"\}') > 0
