@@ -154,13 +154,12 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
                 on_sources=retrieved.extend,
             ),
         )
-        used_cache = body.use_cache and settings.cache.enabled
         headers = {"X-Conversation-Id": conversation_id}
         if not body.stream:
             async with _closing(pieces):
                 async for piece in pieces:
                     if isinstance(piece, TurnResult):
-                        metrics.turn(piece, used_cache)
+                        metrics.turn(piece)
                         return JSONResponse(completion_json(piece, completion_id, turn_id, model_name), headers=headers)
             raise RuntimeError("the turn ended without a result")
         first = await anext(pieces)  # errors (a bad question) become HTTP errors, not a broken stream
@@ -180,7 +179,7 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
                 while not isinstance(piece, TurnResult):
                     yield _sse(chunk_json(completion_id, model_name, {"content": piece}))
                     piece = await anext(pieces)
-                metrics.turn(piece, used_cache)
+                metrics.turn(piece)
                 final = chunk_json(
                     completion_id,
                     model_name,

@@ -40,13 +40,13 @@ class ApiMetrics:
         )
         self.active_streams = Gauge("rag_active_streams", "Streamed answers in progress", registry=r)
 
-    def turn(self, result: TurnResult, used_cache: bool) -> None:
-        """Count a finished turn and its stages."""
+    def turn(self, result: TurnResult) -> None:
+        """Count a finished turn and its stages (a turn that looked in the cache spent time there)."""
         outcome = "cached" if result.cached else "retrieval_only" if result.retrieval_only else "answered"
         self.turns.labels(outcome).inc()
-        if used_cache:
-            self.cache.labels("hit" if result.cached else "miss").inc()
         t = result.timings
+        if result.cached or t.cache_lookup_s > 0:
+            self.cache.labels("hit" if result.cached else "miss").inc()
         for stage, seconds in (
             ("cache_lookup", t.cache_lookup_s),
             ("condense", t.condense_s),

@@ -276,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work.mkdir(parents=True)
     settings = load_settings(
         "cpu",
+        serving={"startup_timeout_s": 900},  # a loaded machine took over 300 s to start the engine
         index={"index_dir": work / "index", "docs_dir": REPO_ROOT / "data" / "docs"},
         llm={"max_tokens": args.max_tokens, "request_timeout_s": 300},
     )

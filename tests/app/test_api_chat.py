@@ -265,3 +265,24 @@ def test_disconnect_mid_stream_cancels_the_model_request(
     assert turn.stopped and turn.answer and turn.sources
     metrics = httpx.get(f"{api.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30).text
     assert re.search(r'^rag_turns_total\{outcome="stopped"\} 1\.0$', metrics, re.M)
+
+
+def test_metrics_count_requests_turns_tokens_and_cache(api: RunningApi) -> None:
+    c = client(api)
+    for _ in range(2):  # the second, identical question is a cache hit
+        c.chat.completions.create(
+            model="rag-model", messages=[{"role": "user", "content": "What does the metrics route show?"}]
+        )
+    text = httpx.get(f"{api.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30).text
+
+    def value(pattern: str) -> float:
+        match = re.search(rf"^{pattern} (\S+)$", text, re.M)
+        assert match is not None, f"{pattern} missing from /metrics"
+        return float(match.group(1))
+
+    assert value(r'rag_api_requests_total\{method="POST",route="/v1/chat/completions",status="200"\}') >= 2
+    assert value(r'rag_cache_lookups_total\{result="hit"\}') >= 1
+    assert value(r'rag_turns_total\{outcome="cached"\}') >= 1
+    assert value(r'rag_tokens_total\{kind="completion"\}') > 0
+    assert value("rag_ttft_seconds_count") >= 2
+    assert value(r'rag_turn_stage_seconds_count\{stage="retrieval"\}') >= 1
