@@ -236,7 +236,7 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     def document_file(path: str, service: Service) -> FileResponse:
         """The original file of an indexed document (what citation URLs point at)."""
         known = {d.path for d in service.documents()}
-        docs = settings.resolve(settings.index.docs_dir).resolve()
+        docs = settings.index.docs_dir.resolve()
         file = (docs / path).resolve()
         if path not in known or not file.is_relative_to(docs) or not file.is_file():
             raise UnknownDocumentError(f"no document {path!r} in the documents folder")

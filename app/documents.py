@@ -26,7 +26,7 @@ from typing import Any, Literal
 from app.errors import NotFoundError
 from config.settings import Settings
 from indexing.docstore import DocStore
-from indexing.layout import IndexLayout, resolve_path
+from indexing.layout import IndexLayout
 from indexing.report import IngestReport
 from indexing.sources import FILE_TYPES, document_id, scan
 
@@ -115,9 +115,9 @@ class DocumentLibrary:
 
     def __init__(self, settings: Settings, embed_model: Any) -> None:
         self._index = settings.index
-        self._docs_root = resolve_path(settings.index.docs_dir)
+        self._docs_root = settings.index.docs_dir
         self._uploads = self._docs_root / settings.api.uploads_dir
-        self._layout = IndexLayout(resolve_path(settings.index.index_dir))
+        self._layout = IndexLayout(settings.index.index_dir)
         self._max_bytes = int(settings.api.max_upload_mb * 1_000_000)
         self._max_files = settings.api.max_upload_files
         self._embed_model = embed_model

@@ -96,13 +96,13 @@ class ChatService:
         except IndexNotFoundError:
             from indexing.pipeline import ingest
 
-            docs = settings.resolve(settings.index.docs_dir)
+            docs = settings.index.docs_dir
             log.warning("no index yet: building one from %s", docs)
             (docs / settings.api.uploads_dir).mkdir(parents=True, exist_ok=True)
             ingest(settings.index, [docs], progress=False, embed_model=embed_model)
             agent = RagAgent.from_settings(settings)
         try:
-            store = ChatStore(settings.resolve(settings.api.store_db))
+            store = ChatStore(settings.api.store_db)
         except BaseException:
             agent.close()
             raise
@@ -257,7 +257,7 @@ class ChatService:
     def _probe_engine(self) -> EngineStatus:
         llm = self.settings.llm
         base_url, model = str(llm.base_url), str(llm.model)
-        local = self.settings.resolve(Path(self.settings.serving.model))
+        local = Path(self.settings.serving.model)
         offline = (local / TINY_MODEL_MARKER).is_file()
         try:
             response = httpx.get(

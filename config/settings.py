@@ -317,7 +317,7 @@ class ApiSettings(_Section):
     """Most files in one upload."""
     uploads_dir: Path = Path("uploads")
     """Folder uploads are saved to, relative to `index.docs_dir` (always inside it)."""
-    store_db: Path = Path("data/app.sqlite")
+    store_db: ProjectPath = Path("data/app.sqlite")
     """SQLite file with per-turn metadata (sources, badges, stopped marks) and feedback."""
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed by CORS; empty (the default) turns CORS off."""

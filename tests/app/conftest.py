@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_server import API_KEY, UPLOAD_LIMIT_MB, RunningApi, start_api
-from llm_server import LLMServer
 
 from config import load_settings
 from config.settings import REPO_ROOT, Settings
+from tests.app.api_server import API_KEY, UPLOAD_LIMIT_MB, RunningApi, start_api
+from tests.llm_server import LLMServer
 
 
 @pytest.fixture(scope="session")
@@ -52,4 +52,4 @@ def api(api_settings: Settings, chat_service: Any) -> Iterator[RunningApi]:
 
 @pytest.fixture
 def docs_dir(api_settings: Settings) -> Path:
-    return api_settings.resolve(api_settings.index.docs_dir)
+    return api_settings.index.docs_dir

@@ -15,12 +15,12 @@ from urllib.parse import urlsplit
 import httpx
 import openai
 import pytest
-from api_server import API_KEY, RunningApi, start_api
-from llm_server import LLMServer
-from tcp_proxy import TcpProxy
 
 from config import load_settings
 from config.settings import Settings
+from tests.app.api_server import API_KEY, RunningApi, start_api
+from tests.app.tcp_proxy import TcpProxy
+from tests.llm_server import LLMServer
 
 pytestmark = [pytest.mark.integration]
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from api_server import API_KEY, UPLOAD_LIMIT_MB, RunningApi
+
+from tests.app.api_server import API_KEY, UPLOAD_LIMIT_MB, RunningApi
 
 pytestmark = [pytest.mark.integration]
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
-from api_server import RunningApi, start_api
 
 from config import load_settings
 from config.settings import Settings
 from serving.launch import free_port
+from tests.app.api_server import RunningApi, start_api
 
 pytestmark = [pytest.mark.integration]
 

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from api_server import API_KEY, RunningApi
 
 from config.settings import REPO_ROOT
+from tests.app.api_server import API_KEY, RunningApi
 
 pytestmark = [pytest.mark.integration]
 

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 import streamlit as st
-from llm_server import LLMServer
 from streamlit.testing.v1 import AppTest
-from ui_fixtures import ui_embed_model, ui_environment, ui_index_template
 
 from app.ui_session import open_resources
 from config import load_settings
 from config.settings import REPO_ROOT
+from tests.app.ui_fixtures import ui_embed_model, ui_environment, ui_index_template
+from tests.llm_server import LLMServer
 
 __all__ = ["ui_embed_model", "ui_index_template"]  # fixtures used by name below
 

@@ -66,9 +66,7 @@ def test_paraphrase_hits_with_answer_sources_and_similarity(cache: SemanticCache
     assert exact is not None and exact.similarity == pytest.approx(1.0, abs=1e-4)
 
 
-def test_a_lookup_returns_the_vector_it_searched_with_and_store_reuses_it(
-    cache: SemanticCache, embedding: Any
-) -> None:
+def test_a_lookup_returns_the_vector_it_searched_with_and_store_reuses_it(cache: SemanticCache, embedding: Any) -> None:
     miss = cache.lookup("Who founded the company?", SCOPE)
     assert miss.hit is None and miss.vector is not None
     assert miss.vector == pytest.approx(embedding.get_query_embedding("Who founded the company?"), abs=1e-5)

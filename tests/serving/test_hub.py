@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from serving_cli import run_cli
 
 from serving.hub import CPU_MODEL, GPU_DRAFT, GPU_MODEL, choose_model, hub_reachable
 from serving.launch import free_port
+from tests.serving.serving_cli import run_cli
 
 
 @pytest.fixture
