@@ -94,7 +94,7 @@ stats: $(VENV)/.installed ## Show index statistics
 
 app: $(VENV)/.installed ## The Streamlit chat UI on http://127.0.0.1:8501 (UI_PORT=...; needs an engine: make serve-start; documents: make ingest)
 	$(VENV)/bin/streamlit run app/ui.py --server.address 127.0.0.1 --server.port $(UI_PORT) \
-		--server.headless true --browser.gatherUsageStats false
+		--server.headless true --browser.gatherUsageStats false --client.toolbarMode minimal
 
 test: install ## Run the whole test suite (unit + integration with a real vLLM CPU server)
 	$(PY) -m serving tiny-model --quiet

@@ -55,7 +55,7 @@ def services(settings: Settings) -> list[Service]:
     ui = [
         python, "-m", "streamlit", "run", str(REPO_ROOT / "app" / "ui.py"),
         "--server.address", "127.0.0.1", "--server.port", str(UI_PORT),
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
     ]  # fmt: skip
     return [
         Service("api", [python, "-m", "app.api"], f"{api_url(settings)}/health"),
