@@ -24,8 +24,8 @@ export PYTHONPATH := $(CURDIR)
 export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
 
-.PHONY: help install tiny-model demo stop serve serve-start serve-stop serve-status serve-command serve-check ingest stats app test test-fast lint \
-        bench bench-serve bench-ingest eval-retrieval bench-cache bench-chains clean
+.PHONY: help install tiny-model demo stop serve serve-start serve-stop serve-status serve-command serve-check ingest stats api app test test-fast lint \
+        bench bench-serve bench-ingest eval-retrieval bench-cache bench-chains bench-api clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -92,6 +92,9 @@ ingest: $(VENV)/.installed ## Index documents into data/index (DOCS="path ..." t
 stats: $(VENV)/.installed ## Show index statistics
 	$(PY) -m indexing $(if $(PROFILE),--profile $(PROFILE)) stats
 
+api: $(VENV)/.installed ## The OpenAI-compatible RAG API on api.host:api.port (default 127.0.0.1:8080; PROFILE=...)
+	$(PY) -m app.api $(if $(PROFILE),--profile $(PROFILE))
+
 app: $(VENV)/.installed ## The Streamlit chat UI on http://127.0.0.1:8501 (UI_PORT=...; needs an engine: make serve-start; documents: make ingest)
 	$(VENV)/bin/streamlit run app/ui.py --server.address 127.0.0.1 --server.port $(UI_PORT) \
 		--server.headless true --browser.gatherUsageStats false --client.toolbarMode minimal
@@ -108,7 +111,7 @@ lint: $(VENV)/.installed ## ruff + mypy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: bench-serve bench-ingest eval-retrieval bench-cache bench-chains ## Run every benchmark (results in bench/results/)
+bench: bench-serve bench-ingest eval-retrieval bench-cache bench-chains bench-api ## Run every benchmark (results in bench/results/)
 
 bench-serve: install ## Serving benchmark: TTFT, throughput, batching, speculation, prefix caching
 	$(PY) -m bench.serve
@@ -125,5 +128,8 @@ bench-cache: $(VENV)/.installed ## Semantic-cache precision/hit rate over thresh
 bench-chains: install ## Cache latency/precision, orchestration overhead, prefix-cache rate, memory savings
 	$(PY) -m bench.chains
 
+bench-api: install ## API under load: 1/8/32 clients, req/s, TTFT p50/p95, errors, RSS, cache hit vs miss, API overhead
+	$(PY) -m bench.api
+
 clean: ## Remove built models and runtime data (keeps environments and sample docs)
-	rm -rf models/tiny-chat data/index data/cache data/conversations.sqlite .run
+	rm -rf models/tiny-chat data/index data/cache data/conversations.sqlite data/app.sqlite* .run

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from app.errors import NotFoundError
 from config.settings import Settings
 from indexing.docstore import DocStore
 from indexing.layout import IndexLayout, resolve_path
@@ -46,11 +47,8 @@ class UploadTooLargeError(DocumentError):
     """A file (or the number of files) is above the configured limit."""
 
 
-class UnknownDocumentError(DocumentError, KeyError):
+class UnknownDocumentError(NotFoundError):
     """No such document or job."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from app.documents import DocumentInfo, DocumentLibrary, IngestJob, SavedFile
 from app.store import ChatStore, ChatTurn, ConversationInfo, write_rows
@@ -143,19 +144,17 @@ class ChatService:
         (capped at `llm.max_tokens`); a turn with either set bypasses the cache, whose answers
         were made with the configured values. `on_sources` gets the passages before the text.
         """
-        recorder = self._recorder(question, conversation_id, turn_id, on_sources)
-        model_settings = self._model_settings(max_tokens, temperature)
-        pieces = cast(
-            Generator[Piece],
-            self._agent.stream(
-                question,
-                recorder.conversation_id,
-                use_cache=use_cache and not model_settings,
-                top_k=top_k,
-                model_settings=model_settings,
-                on_sources=recorder.sources_seen,
-            ),
+        recorder, options = self._prepare(
+            question,
+            conversation_id,
+            use_cache=use_cache,
+            top_k=top_k,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            turn_id=turn_id,
+            on_sources=on_sources,
         )
+        pieces = cast(Generator[Piece], self._agent.stream(question, recorder.conversation_id, **options))
         with closing(pieces):
             try:
                 for piece in pieces:
@@ -178,19 +177,17 @@ class ChatService:
         on_sources: SourcesCallback | None = None,
     ) -> AsyncIterator[Piece]:
         """`stream` for an event loop: the agent runs on its own loop, so turns never block the caller's."""
-        recorder = self._recorder(question, conversation_id, turn_id, on_sources)
-        model_settings = self._model_settings(max_tokens, temperature)
-        pieces = cast(
-            AsyncGenerator[Piece],
-            self._agent.astream(
-                question,
-                recorder.conversation_id,
-                use_cache=use_cache and not model_settings,
-                top_k=top_k,
-                model_settings=model_settings,
-                on_sources=recorder.sources_seen,
-            ),
+        recorder, options = self._prepare(
+            question,
+            conversation_id,
+            use_cache=use_cache,
+            top_k=top_k,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            turn_id=turn_id,
+            on_sources=on_sources,
         )
+        pieces = cast(AsyncGenerator[Piece], self._agent.astream(question, recorder.conversation_id, **options))
         async with aclosing(pieces):
             try:
                 async for piece in pieces:
@@ -203,16 +200,32 @@ class ChatService:
                 recorder.stopped()  # synchronous: a cancelled task cannot await
                 raise
 
-    def _recorder(
-        self, question: str, conversation_id: str | None, turn_id: str | None, on_sources: SourcesCallback | None
-    ) -> _TurnRecorder:
-        if not isinstance(question, str) or not question.strip():
-            raise QuestionError("question is empty: ask something")
+    def _prepare(
+        self,
+        question: str,
+        conversation_id: str | None,
+        *,
+        use_cache: bool,
+        top_k: int | None,
+        max_tokens: int | None,
+        temperature: float | None,
+        turn_id: str | None,
+        on_sources: SourcesCallback | None,
+    ) -> tuple[_TurnRecorder, dict[str, Any]]:
+        """The turn's recorder and the agent's keyword arguments; bad options raise here, before any work."""
         if turn_id is not None:
             conversation_id_or_new(turn_id)  # same rules as conversation ids
-        return _TurnRecorder(
+        recorder = _TurnRecorder(
             self._store, conversation_id_or_new(conversation_id), turn_id or uuid.uuid4().hex, question, on_sources
         )
+        model_settings = self._model_settings(max_tokens, temperature)
+        options = {
+            "use_cache": use_cache and not model_settings,
+            "top_k": top_k,
+            "model_settings": model_settings,
+            "on_sources": recorder.sources_seen,
+        }
+        return recorder, options
 
     def _model_settings(self, max_tokens: int | None, temperature: float | None) -> dict[str, Any]:
         llm = self.settings.llm
@@ -303,6 +316,18 @@ class ChatService:
         """The turns as stored: enough to redraw the chat (sources, badges, stopped marks, feedback)."""
         return self._store.turns(conversation_id_or_new(conversation_id))
 
+    def add_history(self, conversation_id: str, history: Sequence[tuple[str, str]]) -> None:
+        """Give a conversation earlier (role, text) turns that a client kept itself; roles other
+        than "user" and "assistant" are ignored (the system prompt is the agent's own)."""
+        messages: list[BaseMessage] = []
+        for role, text in history:
+            if role == "user":
+                messages.append(HumanMessage(text, id=uuid.uuid4().hex))
+            elif role == "assistant":
+                messages.append(AIMessage(text, id=uuid.uuid4().hex))
+        if messages:
+            self._agent.add_history(conversation_id, messages)
+
     def delete_conversation(self, conversation_id: str) -> None:
         """Forget a conversation: its turns, its feedback and the agent's memory of it."""
         self._agent.delete_conversation(conversation_id)
@@ -349,12 +374,17 @@ class _TurnRecorder:
     """Collects one streamed turn and stores it: complete when the result arrives, else as stopped."""
 
     def __init__(
-        self, store: ChatStore, conversation_id: str, turn_id: str, question: str, on_sources: SourcesCallback | None
+        self,
+        store: ChatStore,
+        conversation_id: str,
+        turn_id: str,
+        question: str,
+        on_sources: SourcesCallback | None,
     ) -> None:
         self._store = store
         self.conversation_id = conversation_id
         self.turn_id = turn_id
-        self._question = question.strip()
+        self._question = question.strip() if isinstance(question, str) else ""
         self._on_sources = on_sources
         self._sources: list[Source] = []
         self._pieces: list[str] = []

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.errors import NotFoundError
 from chains.results import Source, Timings
 
 _SCHEMA = """
@@ -57,11 +58,8 @@ TITLE_CHARS = 80
 MAX_COMMENT_CHARS = 2000
 
 
-class UnknownTurnError(KeyError):
-    """No such conversation or turn; the message names it."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+class UnknownTurnError(NotFoundError):
+    """No such conversation or turn."""
 
 
 @dataclass(frozen=True)

@@ -235,6 +235,11 @@ class RagAgent:
         """The stored messages of a conversation (a summary first once it has been compressed)."""
         return self._runner.run(self._conversations.messages(conversation_id_or_new(conversation_id)))
 
+    def add_history(self, conversation_id: str, messages: Sequence[BaseMessage]) -> None:
+        """Append earlier turns to a conversation, for callers that keep the history themselves
+        (OpenAI-style clients send it with every request)."""
+        self._runner.run(self._conversations.record(conversation_id_or_new(conversation_id), *messages))
+
     def delete_conversation(self, conversation_id: str) -> None:
         self._runner.run(self._conversations.delete(conversation_id_or_new(conversation_id)))
 

@@ -1,0 +1,393 @@
+"""The OpenAI-compatible RAG API (FastAPI + uvicorn): `make api`, or `python -m app.api`.
+
+Every route calls the one `ChatService` of the process; the agent runs on its own event loop
+thread and its blocking parts in worker threads, so concurrent requests never wait on each
+other here. A client that disconnects mid-stream cancels its model request. Bearer auth (every
+route but /health) when `api.api_key` is set; body and upload size limits; loopback by default;
+CORS only for `api.cors_origins`. Schema: docs/api.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import asdict
+from typing import Annotated, Any, cast
+
+import anyio
+import openai
+from fastapi import APIRouter, Depends, FastAPI, File, Header, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api_metrics import ApiMetrics
+from app.api_schema import (
+    ChatRequest,
+    chunk_json,
+    completion_json,
+    error_json,
+    rag_fields,
+    source_json,
+    url_citations,
+    usage_json,
+)
+from app.documents import DocumentError, UnknownDocumentError, UploadTooLargeError
+from app.errors import NotFoundError
+from app.service import ChatService
+from chains import Source, TurnResult
+from chains.questions import QuestionError
+from config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MULTIPART_OVERHEAD = 1_000_000
+"""Bytes allowed in an upload request beyond the files themselves (multipart headers)."""
+
+_ERROR_KINDS = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 409: "conflict"}
+
+
+def create_app(settings: Settings, service: ChatService | None = None) -> FastAPI:
+    """The API over `service` (built from `settings` at start-up when not given, and closed at shutdown)."""
+    metrics = ApiMetrics()
+    model_name = str(settings.llm.model)
+    upload_limit = int(settings.api.max_upload_mb * 1_000_000) * settings.api.max_upload_files + MULTIPART_OVERHEAD
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = service is None
+        app.state.service = service or await asyncio.to_thread(ChatService.from_settings, settings)
+        try:
+            yield
+        finally:
+            if owned:
+                await asyncio.to_thread(app.state.service.close)
+
+    app = FastAPI(
+        title="ragchat API",
+        summary="OpenAI-compatible chat over your documents, with sources",
+        lifespan=lifespan,
+        max_body_size=settings.api.max_body_kb * 1024,
+    )
+    app.state.metrics = metrics
+    if settings.api.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.api.cors_origins, allow_methods=["*"], allow_headers=["*"]
+        )
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    _add_error_handlers(app, metrics)
+
+    def require_key(authorization: Annotated[str | None, Header()] = None) -> None:
+        key = settings.api.api_key
+        if key is None:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), key.get_secret_value().encode()
+        ):
+            raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/health")
+    def health(service: Service) -> JSONResponse:
+        """200 when engine, index and cache are all fine, else 503 naming the failing part."""
+        parts = service.health()
+        failing = [name for name, part in parts.items() if not part.ok]
+        body = {
+            "status": "degraded" if failing else "ok",
+            "failing": failing,
+            **{k: asdict(v) for k, v in parts.items()},
+        }
+        return JSONResponse(body, status_code=503 if failing else 200)
+
+    api = APIRouter(dependencies=[Depends(require_key)])
+
+    @api.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @api.get("/v1/models")
+    def models() -> dict[str, Any]:
+        card = {"id": model_name, "object": "model", "created": 0, "owned_by": "ragchat"}
+        return {"object": "list", "data": [card]}
+
+    @api.post("/v1/chat/completions", response_model=None)
+    async def chat(
+        body: ChatRequest,
+        service: Service,
+        x_conversation_id: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse | StreamingResponse:
+        if body.model not in (None, model_name):
+            raise HTTPException(404, f"model {body.model!r} does not exist; this server serves {model_name!r}")
+        if x_conversation_id and body.conversation_id and x_conversation_id != body.conversation_id:
+            raise HTTPException(400, "X-Conversation-Id header and conversation_id field disagree")
+        try:
+            question = body.question()
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        conversation_id = x_conversation_id or body.conversation_id
+        if conversation_id is None:
+            conversation_id = uuid.uuid4().hex
+            history = body.history()
+            if history:
+                await asyncio.to_thread(service.add_history, conversation_id, history)
+        turn_id = uuid.uuid4().hex
+        completion_id = f"chatcmpl-{turn_id}"
+        retrieved: list[Source] = []
+        pieces = cast(
+            AsyncGenerator[str | TurnResult],
+            service.astream(
+                question,
+                conversation_id,
+                use_cache=body.use_cache,
+                top_k=body.top_k,
+                max_tokens=body.max_completion_tokens or body.max_tokens,
+                temperature=body.temperature,
+                turn_id=turn_id,
+                on_sources=retrieved.extend,
+            ),
+        )
+        headers = {"X-Conversation-Id": conversation_id}
+        if not body.stream:
+            async with _closing(pieces):
+                async for piece in pieces:
+                    if isinstance(piece, TurnResult):
+                        metrics.turn(piece)
+                        return JSONResponse(completion_json(piece, completion_id, turn_id, model_name), headers=headers)
+            raise RuntimeError("the turn ended without a result")
+        first = await anext(pieces)  # errors (a bad question) become HTTP errors, not a broken stream
+
+        async def events() -> AsyncIterator[str]:
+            metrics.active_streams.inc()
+            finished = False
+            try:
+                # The first chunk carries the passages and already the first text (one write, not two).
+                piece = first
+                delta = {"role": "assistant", "content": piece if isinstance(piece, str) else ""}
+                retrieved_json = [source_json(s) for s in retrieved]
+                extra = {"conversation_id": conversation_id, "turn_id": turn_id, "retrieved": retrieved_json}
+                yield _sse(chunk_json(completion_id, model_name, delta, **extra))
+                if isinstance(piece, str):
+                    piece = await anext(pieces)
+                while not isinstance(piece, TurnResult):
+                    yield _sse(chunk_json(completion_id, model_name, {"content": piece}))
+                    piece = await anext(pieces)
+                metrics.turn(piece)
+                final = chunk_json(
+                    completion_id,
+                    model_name,
+                    {"annotations": url_citations(piece.answer, piece.sources)},
+                    finish_reason="stop",
+                    usage=usage_json(piece),
+                    **rag_fields(piece, turn_id),
+                )
+                yield _sse(final)
+                yield "data: [DONE]\n\n"
+                finished = True
+            except Exception as exc:  # headers are sent: report in the stream, as OpenAI does
+                log.exception("turn %s failed mid-stream", turn_id)
+                metrics.errors.labels("internal").inc()
+                yield _sse(error_json(f"the answer failed: {exc}", "api_error"))
+                yield "data: [DONE]\n\n"
+                finished = True
+            finally:
+                metrics.active_streams.dec()
+                if not finished:
+                    metrics.turns.labels("stopped").inc()
+                await pieces.aclose()
+
+        sse_headers = {**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return _EventStream(events(), media_type="text/event-stream", headers=sse_headers)
+
+    @api.post("/v1/documents", status_code=202, max_body_size=upload_limit)
+    async def upload(files: Annotated[list[UploadFile], File()], service: Service) -> dict[str, Any]:
+        """Save the files into the documents folder and start ingesting them; poll the job."""
+        if len(files) > settings.api.max_upload_files:
+            raise UploadTooLargeError(f"{len(files)} files; at most {settings.api.max_upload_files} per upload")
+        limit = int(settings.api.max_upload_mb * 1_000_000)
+        contents = []
+        for item in files:
+            data = await item.read(limit + 1)
+            if len(data) > limit:
+                raise UploadTooLargeError(
+                    f"{item.filename!r} is larger than {settings.api.max_upload_mb:g} MB (api.max_upload_mb)"
+                )
+            contents.append((item.filename or "upload", data))
+        saved = await asyncio.to_thread(service.save_uploads, contents)
+        job_id = service.start_ingest([service.uploads_dir / s.name for s in saved])
+        return {"job": asdict(service.job(job_id)), "files": [asdict(s) for s in saved]}
+
+    @api.get("/v1/documents/jobs/{job_id}")
+    def job(job_id: str, service: Service) -> dict[str, Any]:
+        return asdict(service.job(job_id))
+
+    @api.get("/v1/documents")
+    def documents(service: Service) -> dict[str, Any]:
+        return {"object": "list", "data": [asdict(d) for d in service.documents()]}
+
+    @api.get("/v1/documents/{path:path}")
+    def document_file(path: str, service: Service) -> FileResponse:
+        """The original file of an indexed document (what citation URLs point at)."""
+        known = {d.path for d in service.documents()}
+        docs = settings.resolve(settings.index.docs_dir).resolve()
+        file = (docs / path).resolve()
+        if path not in known or not file.is_relative_to(docs) or not file.is_file():
+            raise UnknownDocumentError(f"no document {path!r} in the documents folder")
+        return FileResponse(file, filename=file.name)
+
+    @api.delete("/v1/documents/{path:path}", status_code=204)
+    def delete_document(path: str, service: Service) -> Response:
+        service.delete_document(path)
+        return Response(status_code=204)
+
+    @api.get("/v1/index")
+    def index(service: Service) -> dict[str, Any]:
+        cache = service.cache_stats()
+        return {**asdict(service.index_stats()), "cache": None if cache is None else asdict(cache)}
+
+    app.include_router(api)
+    return app
+
+
+def _service(request: Request) -> ChatService:
+    return cast(ChatService, request.app.state.service)
+
+
+Service = Annotated[ChatService, Depends(_service)]
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+@asynccontextmanager
+async def _closing(items: AsyncGenerator[Any]) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await items.aclose()
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events that stop as soon as the client goes away: the generator is cancelled
+    where it waits (so the model request is cancelled on the engine) and then closed outside the
+    cancelled scope, so its clean-up can still await. Starlette does this only for old ASGI specs."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def stream() -> None:
+                with suppress(OSError):  # the client went away while we were sending
+                    await self.stream_response(send)
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            group.cancel_scope.cancel()
+        aclose = getattr(self.body_iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class _MetricsMiddleware:
+    """Counts requests by route template (not raw path: ids would explode the label set) and status."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+
+
+def _add_error_handlers(app: FastAPI, metrics: ApiMetrics) -> None:
+    """Every error in OpenAI's shape (`{"error": {"message", "type", ...}}`), counted by kind."""
+
+    def reply(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        metrics.errors.labels(kind).inc()
+        return JSONResponse(error_json(message, kind), status_code=status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        kind = _ERROR_KINDS.get(exc.status_code, "request_too_large" if exc.status_code == 413 else "api_error")
+        return reply(exc.status_code, str(exc.detail), kind, dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return reply(400, f"invalid request: {problems}", "invalid_request_error")
+
+    # Most specific first: an error is answered by the first kind it is an instance of.
+    statuses: list[tuple[type[Exception], int, str]] = [
+        (QuestionError, 400, "invalid_request_error"),
+        (UploadTooLargeError, 413, "request_too_large"),
+        (DocumentError, 400, "invalid_request_error"),
+        (NotFoundError, 404, "not_found_error"),
+    ]
+
+    async def known(request: Request, exc: Exception) -> JSONResponse:
+        status, kind = next((s, k) for cls, s, k in statuses if isinstance(exc, cls))
+        return reply(status, str(exc), kind)
+
+    for cls, _, _ in statuses:
+        app.add_exception_handler(cls, known)
+
+    @app.exception_handler(openai.BadRequestError)
+    async def model_refused(request: Request, exc: openai.BadRequestError) -> JSONResponse:
+        return reply(400, f"the model server refused the request: {exc.message}", "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return reply(500, f"internal error: {exc}", "internal")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m app.api [--profile P] [--host H] [--port N]`: serve until Ctrl-C."""
+    import uvicorn
+
+    from config import SettingsError, load_settings
+
+    parser = argparse.ArgumentParser(prog="python -m app.api", description="Serve the OpenAI-compatible RAG API.")
+    parser.add_argument("--profile", help="settings profile (default: RAG_PROFILE or balanced)")
+    parser.add_argument("--host", help="interface (default api.host, loopback)")
+    parser.add_argument("--port", type=int, help="port (default api.port)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        settings = load_settings(args.profile, **({"api": overrides} if overrides else {}))
+    except SettingsError as exc:
+        print(f"error: {exc}")
+        return 2
+    print(f"RAG API on http://{settings.api.host}:{settings.api.port}/v1 (model {settings.llm.model!r})", flush=True)
+    uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port, log_level="info")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
