@@ -167,9 +167,9 @@ def test_stop_cancels_the_answer_on_the_engine_and_keeps_it_marked(page: Any, vl
         answer.get_by_test_id("stMarkdown").first.wait_for(timeout=3000)
     stop.click()
     answer.get_by_text(re.compile(r"\bstopped$")).wait_for()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # a shared engine may be busy with other clients meanwhile
     while running_requests(vllm_server) > 0:  # the model request was cancelled, not left running
-        assert time.monotonic() < deadline, "the engine still runs a request 30 s after Stop"
+        assert time.monotonic() < deadline, "the engine still runs requests a minute after Stop"
         time.sleep(0.1)
     screenshot(page, "ui-04-stopped")
     page.reload()
