@@ -114,7 +114,7 @@ api: $(VENV)/.installed ## The OpenAI-compatible RAG API on api.host:api.port (d
 
 app: $(VENV)/.installed ## The Streamlit chat UI on http://127.0.0.1:8501 (UI_PORT=...; needs an engine: make serve-start; documents: make ingest)
 	$(VENV)/bin/streamlit run app/ui.py --server.address 127.0.0.1 --server.port $(UI_PORT) \
-		--server.headless true --browser.gatherUsageStats false
+		--server.headless true --browser.gatherUsageStats false --client.toolbarMode minimal
 
 test: install tiny-model ## Run the whole test suite (unit + integration with a real vLLM CPU server)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -24,7 +24,7 @@ import httpx
 
 from config import load_settings
 from config.settings import REPO_ROOT, Settings
-from serving.launch import run_dir, stop_process_group, tail
+from serving.launch import stop_process_group, tail
 
 UI_PORT = int(os.environ.get("RAG_UI_PORT", "8501"))
 """Port of the Streamlit UI (`make app UI_PORT=...` sets it for both targets)."""
@@ -38,12 +38,14 @@ class Service:
     name: str
     command: list[str]
     health_url: str
+    env: dict[str, str]
+    """`RAG_*` overrides for this process only."""
 
     def pid_file(self, settings: Settings) -> Path:
-        return run_dir(settings.serving) / f"{self.name}.pid"
+        return settings.serving.run_dir / f"{self.name}.pid"
 
     def log_file(self, settings: Settings) -> Path:
-        return run_dir(settings.serving) / f"{self.name}.log"
+        return settings.serving.run_dir / f"{self.name}.log"
 
 
 def api_url(settings: Settings) -> str:
@@ -55,11 +57,14 @@ def services(settings: Settings) -> list[Service]:
     ui = [
         python, "-m", "streamlit", "run", str(REPO_ROOT / "app" / "ui.py"),
         "--server.address", "127.0.0.1", "--server.port", str(UI_PORT),
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
     ]  # fmt: skip
+    # The semantic cache's faiss store is rewritten whole on every store: one process per cache
+    # folder (docs/engineering-notes.md), so the UI process gets a folder of its own.
+    ui_cache = settings.cache.dir.with_name(settings.cache.dir.name + "-ui")
     return [
-        Service("api", [python, "-m", "app.api"], f"{api_url(settings)}/health"),
-        Service("ui", ui, f"http://127.0.0.1:{UI_PORT}/_stcore/health"),
+        Service("api", [python, "-m", "app.api"], f"{api_url(settings)}/health", {}),
+        Service("ui", ui, f"http://127.0.0.1:{UI_PORT}/_stcore/health", {"RAG_CACHE__DIR": str(ui_cache)}),
     ]
 
 
@@ -90,10 +95,11 @@ def start(settings: Settings) -> int:
             print(f"{service.name}: already running")
             continue
         service.pid_file(settings).parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "RAG_PROFILE": settings.profile, **service.env}
         with service.log_file(settings).open("ab") as log:
             process = subprocess.Popen(
                 service.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=REPO_ROOT, start_new_session=True, env={**os.environ, "RAG_PROFILE": settings.profile},
+                cwd=REPO_ROOT, start_new_session=True, env=env,
             )  # fmt: skip
         service.pid_file(settings).write_text(f"{process.pid}\n", encoding="utf-8")
         deadline = time.monotonic() + START_TIMEOUT_S

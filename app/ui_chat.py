@@ -13,10 +13,18 @@ from app.ui_stream import AnswerStream
 from chains import QuestionError, Source
 
 STOP_KEY = "stop-answer"
+ANSWER_KEY = "answer-stream"
+"""Session key of the answer being streamed, so the next run can wait for it to be stored."""
+STOPPING_WAIT_S = 10.0
 
 
 def render_chat(resources: Resources, cid: str, options: SessionOptions) -> None:
     service = resources.service
+    streaming = st.session_state.get(ANSWER_KEY)
+    if streaming is not None:
+        # A Stop click starts this run while the stopped run may still be storing its partial
+        # answer in its own thread; wait for it so the history below includes it.
+        streaming.wait_closed(STOPPING_WAIT_S)
     try:
         turns = service.history(cid)
     except QuestionError as exc:  # a hand-edited ?c= in the URL
@@ -60,6 +68,7 @@ def ask(resources: Resources, cid: str, question: str, options: SessionOptions) 
         st.button("Stop", key=STOP_KEY, icon=":material/stop_circle:", help="Stop this answer; keep what came so far")
         pieces = resources.service.astream(question, cid, use_cache=options.use_cache, top_k=options.top_k)
         stream = AnswerStream(pieces, resources.runner, checkpoint=lambda: st.session_state.get(STOP_KEY))
+        st.session_state[ANSWER_KEY] = stream
         try:
             st.write_stream(_text(stream))
         except QuestionError as exc:

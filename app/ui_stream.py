@@ -12,6 +12,7 @@ partial answer marked stopped.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Generic, TypeVar, cast
 
@@ -67,6 +68,7 @@ class AnswerStream(Generic[T]):
     ) -> None:
         self._steps = cast(Generator[T | _Tick], runner.iterate(with_ticks(items, tick_s)))
         self._checkpoint = checkpoint
+        self._closed = threading.Event()
 
     def __iter__(self) -> Iterator[T]:
         for item in self._steps:
@@ -77,4 +79,11 @@ class AnswerStream(Generic[T]):
 
     def close(self) -> None:
         """Cancel the turn if it is still running and wait until it has unwound (idempotent)."""
-        self._steps.close()
+        try:
+            self._steps.close()
+        finally:
+            self._closed.set()
+
+    def wait_closed(self, timeout_s: float) -> bool:
+        """Block until `close()` has finished in whichever thread runs it (False on timeout)."""
+        return self._closed.wait(timeout_s)

@@ -21,9 +21,14 @@ async def _await(awaitable: Awaitable[T]) -> T:
 
 
 async def _close(items: AsyncIterator[Any]) -> None:
+    """Close `items` once it is idle: a caller cancelled mid-step leaves that step unwinding on
+    this loop for a moment, and `aclose()` on a running generator raises instead of closing."""
     aclose = getattr(items, "aclose", None)
-    if aclose is not None:
-        await aclose()
+    if aclose is None:
+        return
+    while getattr(items, "ag_running", False):
+        await asyncio.sleep(0)
+    await aclose()
 
 
 class LoopThread:

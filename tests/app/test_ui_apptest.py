@@ -142,29 +142,34 @@ def test_an_uploaded_file_is_ingested_and_counted(ui_env: Callable[..., dict[str
     env = ui_env()
     app = start()
     before = _documents(app)
-    app.file_uploader[0].upload(
-        "kettle.md", b"# Z9 kettle\n\nThe Z9 kettle is covered for three years.\n", "text/markdown"
-    )
+    _upload_and_index(app, "kettle.md", b"# Z9 kettle\n\nThe Z9 kettle is covered for three years.\n")
+    assert _documents(app) == before + 1
+    assert (Path(env["RAG_INDEX__DOCS_DIR"]) / "uploads" / "kettle.md").is_file()
+    assert "uploads/kettle.md" in [d.path for d in service().documents()]
+
+
+def _upload_and_index(app: AppTest, name: str, content: bytes) -> None:
+    """Upload one file through the file_uploader, index it, and poll until the job reports."""
+    app.file_uploader[0].upload(name, content, "text/markdown")
     app.run()
     next(b for b in app.button if b.label == "Index uploaded files").click().run()
     for _ in range(120):
         if any("Indexed 1 of 1 files" in s.label for s in app.status):
-            break
+            return
         app.run()
-    assert any("Indexed 1 of 1 files" in s.label for s in app.status)
-    assert _documents(app) == before + 1
-    assert (Path(env["RAG_INDEX__DOCS_DIR"]) / "kettle.md").is_file() or any(
-        d.path.endswith("kettle.md") for d in service().documents()
-    )
+    raise AssertionError(f"no 'Indexed 1 of 1 files' status; statuses: {[s.label for s in app.status]}")
 
 
-def test_a_bad_upload_is_listed_with_its_reason(ui_env: Callable[..., dict[str, str]]) -> None:
-    ui_env()
+def test_bad_uploads_are_listed_with_their_reasons(ui_env: Callable[..., dict[str, str]]) -> None:
+    env = ui_env()
     app = start()
     before = _documents(app)
     app.file_uploader[0].upload("broken.pdf", b"not a pdf at all", "application/pdf")
+    app.file_uploader[0].upload("tool.exe", b"MZ", "application/octet-stream")
     app.run()
     next(b for b in app.button if b.label == "Index uploaded files").click().run()
+    assert any("tool.exe" in e.value and "cannot be indexed" in e.value for e in app.error)
+    assert not (Path(env["RAG_INDEX__DOCS_DIR"]) / "uploads" / "tool.exe").exists()
     for _ in range(120):
         if any("failed" in s.label for s in app.status):
             break
@@ -176,3 +181,34 @@ def test_a_bad_upload_is_listed_with_its_reason(ui_env: Callable[..., dict[str, 
 
 def _documents(app: AppTest) -> int:
     return int(next(m for m in app.sidebar.metric if m.label == "Documents").value)
+
+
+def test_a_deleted_document_leaves_the_list_and_the_index(ui_env: Callable[..., dict[str, str]]) -> None:
+    env = ui_env()
+    app = start()
+    before = _documents(app)
+    _upload_and_index(app, "kettle.md", b"# Z9 kettle\n\nThe Z9 kettle is covered for three years.\n")
+    assert _documents(app) == before + 1
+    target = "uploads/kettle.md"
+    next(b for b in app.sidebar.button if b.key == f"delete-doc-{target}").click().run()
+    assert [t.value for t in app.toast] == [f"Deleted `{target}`: it will not be cited again"]
+    assert _documents(app) == before
+    assert target not in [d.path for d in service().documents()]
+    assert not (Path(env["RAG_INDEX__DOCS_DIR"]) / target).exists()
+
+
+def test_past_conversations_reopen_and_delete(ui_env: Callable[..., dict[str, str]]) -> None:
+    ui_env()
+    app = start()
+    ask(app, "How do I add my own documents to the index?")
+    first = app.query_params["c"]
+    next(b for b in app.sidebar.button if b.label == "New conversation").click().run()
+    assert not app.chat_message
+    next(b for b in app.sidebar.button if b.key == f"open-{first}").click().run()
+    assert app.query_params["c"] == first
+    assert app.chat_message[0].markdown[0].value == "How do I add my own documents to the index?"
+    next(b for b in app.sidebar.button if b.key == f"delete-{first}").click().run()
+    assert app.query_params["c"] != first, "deleting the open conversation starts a new one"
+    assert not app.chat_message
+    assert service().history(first) == []
+    assert not [b for b in app.sidebar.button if b.key == f"open-{first}"]

@@ -109,3 +109,32 @@ def test_an_error_in_the_turn_reaches_the_reader(runner: LoopThread) -> None:
         for piece in stream:
             received.append(piece)
     assert received == ["partial"]
+
+
+def test_another_thread_can_wait_for_a_stopped_stream_to_be_closed(runner: LoopThread) -> None:
+    """A Stop click starts the next script run in a new thread while the stopped one unwinds."""
+    turn = Turn(["never"], first_delay_s=30.0)
+    ticks: list[int] = []
+
+    def checkpoint() -> None:
+        ticks.append(1)
+        if len(ticks) == 3:
+            raise RerunRequestedError
+
+    stream = AnswerStream(turn.run(), runner, checkpoint=checkpoint, tick_s=0.01)
+
+    def script_run() -> None:
+        try:
+            list(stream)
+        except RerunRequestedError:
+            pass
+        finally:
+            stream.close()
+
+    assert not stream.wait_closed(0.01)
+    stopped_run = threading.Thread(target=script_run)
+    stopped_run.start()
+    assert stream.wait_closed(10)
+    assert turn.ended.is_set(), "waiting returns only once the turn has unwound"
+    assert turn.outcome == "cancelled"
+    stopped_run.join()

@@ -82,3 +82,37 @@ def test_close_is_idempotent() -> None:
     loop.close()
     loop.close()
     assert loop.closed
+
+
+async def test_aiterate_cancelled_mid_step_delivers_the_cancellation(runner: LoopThread) -> None:
+    """A consumer cancelled while the source awaits (a client gone, Stop pressed) must see
+    CancelledError, not a RuntimeError from closing a generator that is still unwinding."""
+    started = asyncio.Event()
+    outcome: list[str] = []
+
+    async def slow() -> AsyncIterator[int]:
+        try:
+            await asyncio.sleep(30)
+            yield 1
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)  # cleanup takes a moment, like closing an HTTP stream
+            outcome.append("source cancelled")
+            raise
+
+    async def consume() -> None:
+        try:
+            items = runner.aiterate(slow())
+            step = asyncio.ensure_future(anext(items))
+            started.set()
+            await step
+        except asyncio.CancelledError:
+            outcome.append("consumer cancelled")
+            raise
+
+    task = asyncio.ensure_future(consume())
+    await started.wait()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert outcome == ["source cancelled", "consumer cancelled"]
