@@ -12,10 +12,7 @@ passages, then a question):
   Answers stream in chunks of the profile's `llm.stream_interval` tokens, as the chains ask;
 - spec (n-gram speculation on) vs base: time per output token at concurrency 1. The answers are
   restricted to the context's tokens, so they quote it as far as a random model can;
-- no-prefix (prefix caching off) vs base: TTFT of questions over one long shared context;
-- RAG speculation row, spec vs base: the chains' own answer prompts answered naturally (greedy,
-  same text either way) by the trained offline model, which quotes its context: TPOT in vLLM and
-  output tokens/s off vs on, draft acceptance rate, TTFT share.
+- no-prefix (prefix caching off) vs base: TTFT of questions over one long shared context.
 
 Output lengths are fixed (`ignore_eos` + `min_tokens`) so runs compare. With `--base-url` only
 the sweep runs, against that server. Results: bench/results/serve.json and serve.png.
@@ -52,7 +49,7 @@ from config import load_settings
 from config.settings import REPO_ROOT, ServingSettings
 from serving.command import resolve_device
 from serving.launch import EngineServer, free_port, group_pids
-from serving.tiny_model import DEFAULT_DIR, is_built
+from serving.tiny_model import DEFAULT_DIR, build_tiny_model
 
 log = logging.getLogger("bench.serve")
 Messages = list[ChatCompletionMessageParam]
@@ -259,113 +256,6 @@ async def sequential(
         await client.close()
 
 
-RAG_ANSWER_PROMPTS = 12
-RAG_ANSWER_MAX_TOKENS = 128
-
-
-def rag_answer_prompts(n: int = RAG_ANSWER_PROMPTS, seed: int = SEED) -> list[tuple[Messages, list[Any]]]:
-    """The chains' own answer prompts (system prompt, tool schema, numbered passages, question),
-    rendered from held-out sentences: the trained offline model quotes them, as RAG answers do."""
-    from chains.synthetic import Renderer
-
-    renderer = Renderer(seed, held_out=True)
-    prompts: list[tuple[Messages, list[Any]]] = []
-    while len(prompts) < n:
-        example = renderer.answer()
-        if example["tools"]:
-            prompts.append((example["messages"][:-1], example["tools"]))
-    return prompts
-
-
-async def rag_answers(base_url: str, model: str, prompts: list[tuple[Messages, list[Any]]]) -> list[dict[str, Any]]:
-    """Natural answers (greedy, stopped by the model), one at a time, after a warm-up; with
-    speculation on or off the text must be the same, so per-token times compare."""
-    client = AsyncOpenAI(base_url=base_url, api_key="EMPTY", timeout=600, max_retries=0)
-
-    async def one(msgs: Messages, tools: list[Any]) -> dict[str, Any]:
-        started = time.perf_counter()
-        first: float | None = None
-        text: list[str] = []
-        tokens = 0
-        stream = await client.chat.completions.create(
-            model=model,
-            messages=msgs,
-            tools=tools,
-            max_completion_tokens=RAG_ANSWER_MAX_TOKENS,
-            temperature=0,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                first = first or time.perf_counter()
-                text.append(chunk.choices[0].delta.content)
-            if chunk.usage is not None:
-                tokens = chunk.usage.completion_tokens
-        end = time.perf_counter()
-        return {"text": "".join(text), "tokens": tokens, "ttft_s": (first or end) - started, "total_s": end - started}
-
-    try:
-        await one(*prompts[0])
-        return [await one(*p) for p in prompts]
-    finally:
-        await client.close()
-
-
-def measure_rag_speculation(root_url: str, base_url: str, model: str) -> dict[str, Any]:
-    """One server's side of the speculation row: answers, engine TPOT and draft counters."""
-    before = scrape(root_url)
-    answers = asyncio.run(rag_answers(base_url, model, rag_answer_prompts()))
-    after = scrape(root_url)
-    return {
-        "answers": answers,
-        "tpot_server_ms": 1000 * mean_delta(before, after, TPOT_HISTOGRAM),
-        "spec_counters": {k.split(":")[1]: delta(before, after, k) for k in SPEC_COUNTERS},
-    }
-
-
-def summarize_rag_speculation(off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:
-    """TPOT and output tokens/s with n-gram speculation off vs on, acceptance, TTFT share."""
-
-    def side(run: dict[str, Any]) -> dict[str, float]:
-        answers = run["answers"]
-        tokens = sum(a["tokens"] for a in answers)
-        decode = [(a["total_s"] - a["ttft_s"]) / (a["tokens"] - 1) for a in answers if a["tokens"] > 1]
-        return {
-            "tpot_server_ms": run["tpot_server_ms"],
-            "tpot_client_p50_ms": 1000 * statistics.median(decode) if decode else float("nan"),
-            "output_tok_s": tokens / sum(a["total_s"] for a in answers),
-            "ttft_share_p50": statistics.median(a["ttft_s"] / a["total_s"] for a in answers),
-            "mean_answer_tokens": tokens / len(answers),
-        }
-
-    drafted = on["spec_counters"]["spec_decode_num_draft_tokens_total"]
-    accepted = on["spec_counters"]["spec_decode_num_accepted_tokens_total"]
-    same = sum(a["text"] == b["text"] for a, b in zip(off["answers"], on["answers"], strict=True))
-    return {
-        "off": side(off),
-        "on": side(on),
-        "tpot_speedup_server": off["tpot_server_ms"] / on["tpot_server_ms"],
-        "draft_tokens": drafted,
-        "accepted_tokens": accepted,
-        "acceptance_rate": accepted / drafted if drafted else 0.0,
-        "identical_answers": f"{same}/{len(off['answers'])}",
-    }
-
-
-def rag_speculation_lines(sp: dict[str, Any]) -> list[str]:
-    off, on = sp["off"], sp["on"]
-    return [
-        f"| n-gram speculation on RAG answers (trained model quoting its context): TPOT in vLLM off / on "
-        f"| {off['tpot_server_ms']:.2f} / {on['tpot_server_ms']:.2f} ms ({sp['tpot_speedup_server']:.2f}x) | |",
-        f"| ... output tok/s off / on; TTFT share p50 off / on "
-        f"| {off['output_tok_s']:.0f} / {on['output_tok_s']:.0f}; "
-        f"{100 * off['ttft_share_p50']:.0f} / {100 * on['ttft_share_p50']:.0f} % | |",
-        f"| ... drafts accepted (same answers off / on: {sp['identical_answers']}) "
-        f"| {sp['accepted_tokens']:.0f} of {sp['draft_tokens']:.0f} ({100 * sp['acceptance_rate']:.0f} %) | |",
-    ]
-
-
 _SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*)(?:\{[^}]*\})? (\S+)$", re.MULTILINE)
 TPOT_HISTOGRAM = "vllm:request_time_per_output_token_seconds"
 PREFILL_HISTOGRAM = "vllm:request_prefill_time_seconds"
@@ -413,8 +303,8 @@ def run_started(profile: str) -> dict[str, Any]:
     settings = load_settings(profile)
     interval = settings.llm.stream_interval
     base = settings.serving.model_copy(update={"speculative_method": "off", "enable_prefix_caching": True})
-    if base.model == str(DEFAULT_DIR) and not is_built(DEFAULT_DIR):
-        raise SystemExit("the offline tiny model is not built: run `make tiny-model` (make bench-serve does)")
+    if base.model == "models/tiny-chat":
+        build_tiny_model(DEFAULT_DIR)
     device = resolve_device(base.device)
     levels = [1, 4, 16, 64] if device == "cuda" else [1, 4, 16]
     context = rag_context()
@@ -449,7 +339,6 @@ def run_started(profile: str) -> dict[str, Any]:
                 entry["quote_tpot_server_ms"] = 1000 * mean_delta(before, after, TPOT_HISTOGRAM)
                 entry["quote_total_p50_ms"] = 1000 * statistics.median(s.total_s for s in samples)
                 entry["spec_counters"] = {k.split(":")[1]: delta(before, after, k) for k in SPEC_COUNTERS}
-                entry["rag_speculation"] = measure_rag_speculation(server.root_url, url, model)
             if label in ("base", "no-prefix"):
                 before = scrape(server.root_url)
                 samples = asyncio.run(sequential(url, model, prefix_prompts, PREFIX_OUTPUT_TOKENS))
@@ -491,8 +380,6 @@ def summarize(raw: dict[str, Any], profile: str, model: str) -> dict[str, Any]:
             "draft_tokens": drafted,
             "draft_acceptance": accepted / drafted if drafted else 0.0,
         }
-        if "rag_speculation" in spec:
-            summary["rag_speculation"] = summarize_rag_speculation(base["rag_speculation"], spec["rag_speculation"])
     if "spec" in servers:
         summary["ttft_share_sequential"] = {"off": servers["base"]["ttft_share"], "on": servers["spec"]["ttft_share"]}
     if "no-prefix" in servers:
@@ -514,7 +401,7 @@ def summarize(raw: dict[str, Any], profile: str, model: str) -> dict[str, Any]:
         "benchmark": "serve",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "model": f"tiny extractive model (trained offline) on {raw['device'].upper()}" if tiny else model,
+        "model": f"tiny random-weights model on {raw['device'].upper()}" if tiny else model,
         "profile": profile,
         "output_tokens": {"sweep": OUTPUT_TOKENS, "speculation": OUTPUT_TOKENS, "prefix_ttft": PREFIX_OUTPUT_TOKENS},
         "targets": {"batching_gain": ">= 3", "ttft_share": "<= 0.20", "startup_s": "<= 60", "peak_rss_gib": "<= 4"},
@@ -577,8 +464,6 @@ def table(report: dict[str, Any]) -> str:
             f"({sp['speedup']:.2f}x; {sp['draft_tokens']:.0f} draft tokens, "
             f"{100 * sp['draft_acceptance']:.0f} % accepted) | |"
         )
-    if "rag_speculation" in s:
-        lines += rag_speculation_lines(s["rag_speculation"])
     if "prefix_caching" in s:
         pc = s["prefix_caching"]
         lines.append(
