@@ -259,8 +259,8 @@ class Renderer:
         return self.rng.choice(SEARCH_TEMPLATES).format(p=f"{self.rng.choice(('the ', ''))}{self.phrase()}")
 
     def context(self, registry: PassageRegistry, n: int | None = None) -> str:
-        n = self.rng.choice((1, 2, 2, 3, 3, 4)) if n is None else n
-        long = self.rng.random() < 0.1
+        n = self.rng.choice((1, 1, 2, 2, 3, 3)) if n is None else n
+        long = self.rng.random() < 0.05
         return registry.add(self.passage(long) for _ in range(n)) or NO_PASSAGES
 
     def registry(self) -> PassageRegistry:
@@ -362,7 +362,7 @@ class Renderer:
         return self._chat("condense", [*history, user], AIMessage(condensed(follow_up, last)), tools=True)
 
     def summary(self) -> dict[str, Any]:
-        history, _ = self.history(self.rng.choice((1, 2, 2, 3)))
+        history, _ = self.history(self.rng.choice((1, 1, 2, 2)))
         questions: list[str] = [str(m.text) for m in history if isinstance(m, HumanMessage)]
         if self.rng.random() < 0.25:  # an earlier summary comes first and is carried over
             earlier = summary_of([self.question() for _ in range(self.rng.randint(1, 2))])

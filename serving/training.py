@@ -52,12 +52,12 @@ class Recipe:
     num_layers: int = 4
     num_heads: int = 2
     num_kv_heads: int = 2
-    steps: int = 500
+    steps: int = 900
     batch_size: int = 16
-    lr: float = 3e-3
-    warmup_steps: int = 30
+    lr: float = 5e-3
+    warmup_steps: int = 50
     max_target_tokens: int = 96
-    max_tokens: int = 1024
+    max_tokens: int = 640
     """Longer examples are dropped from training (the long tail costs the most)."""
 
     def fingerprint(self, *data_files: Path, code: Sequence[str] = ()) -> str:
@@ -211,7 +211,7 @@ def train(
         if step < recipe.warmup_steps:
             return (step + 1) / recipe.warmup_steps
         progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model.train()
