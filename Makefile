@@ -91,7 +91,8 @@ demo: install ## The main job on a fresh machine: pick the model (a real one if 
 	$(PY) -m indexing --profile $(DEMO_PROFILE) ingest && \
 	if [ -z "$$RAG_SERVING__MODEL" ]; then \
 	echo ">>> Offline model: a tiny extractive toy trained here on synthetic chats, not a language model."; \
-	echo ">>> It quotes the first sentence of the top passage with its citation, calls the search tool and rewrites follow-ups."; \
+	echo ">>> It is trained to quote passage [1] with its citation, call the search tool and rewrite follow-ups;"; \
+	echo ">>> its held-out accuracy per behaviour is in models/tiny-chat/tiny_model.json."; \
 	echo ">>> Set RAG_SERVING__MODEL to a real model, or reach a model hub, for real answers (README: Serving)."; \
 	else echo ">>> Serving $$RAG_SERVING__MODEL."; fi && \
 	if [ -t 0 ]; then $(PY) -m chains --profile $(DEMO_PROFILE) chat; \
