@@ -79,9 +79,10 @@ class Bm25Index:
 
     def search(self, query: str, k: int, allowed: Iterable[str] | None = None) -> list[tuple[str, float]]:
         """Best `k` chunk ids with a positive score, optionally only among `allowed` ids."""
-        if self._model is None or k <= 0:
+        terms = tokenize([query])[0]
+        if self._model is None or k <= 0 or not terms:  # bm25s fails on a query of stop words only
             return []
-        scores = np.asarray(self._model.get_scores(tokenize([query])[0]), dtype=np.float32)
+        scores = np.asarray(self._model.get_scores(terms), dtype=np.float32)
         if allowed is not None:
             mask = np.zeros(len(self.ids), dtype=np.float32)
             positions = [self._position[i] for i in allowed if i in self._position]

@@ -118,6 +118,13 @@ def test_empty_query_and_precomputed_embedding(retriever: HybridRetriever, embed
     assert retriever.retrieve(query, query_embedding=vector) == retriever.retrieve(query)
 
 
+def test_a_query_of_stop_words_only_is_answered_by_the_dense_half(retriever: HybridRetriever) -> None:
+    # bm25s raises IndexError on a query with no terms left after stop words (a model's tool call can send one)
+    assert retriever.retrieve("the and of", mode="bm25") == []
+    hybrid = [p.node_id for p in retriever.retrieve("the and of", top_k=3)]
+    assert hybrid == [p.node_id for p in retriever.retrieve("the and of", top_k=3, mode="dense")] and len(hybrid) == 3
+
+
 async def test_aretrieve_matches_retrieve(retriever: HybridRetriever) -> None:
     query = "high speed trains Shinkansen"
     assert await retriever.aretrieve(query, top_k=3) == retriever.retrieve(query, top_k=3)
