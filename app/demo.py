@@ -24,7 +24,7 @@ import httpx
 
 from config import load_settings
 from config.settings import REPO_ROOT, Settings
-from serving.launch import stop_process_group, tail
+from serving.launch import group_options, stop_process_group, tail
 
 UI_PORT = int(os.environ.get("RAG_UI_PORT", "8501"))
 """Port of the Streamlit UI (`make app UI_PORT=...` sets it for both targets)."""
@@ -99,7 +99,7 @@ def start(settings: Settings) -> int:
         with service.log_file(settings).open("ab") as log:
             process = subprocess.Popen(
                 service.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=REPO_ROOT, start_new_session=True, env=env,
+                cwd=REPO_ROOT, env=env, **group_options(),
             )  # fmt: skip
         service.pid_file(settings).write_text(f"{process.pid}\n", encoding="utf-8")
         deadline = time.monotonic() + START_TIMEOUT_S

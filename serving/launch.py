@@ -2,8 +2,8 @@
 
 The engine runs in its own process group, so a stop takes down the API server and every
 engine-core worker it spawned, and a Ctrl-C in the terminal reaches only us: we then stop the
-engine in order (SIGTERM to the group, SIGKILL after a grace period). An attached engine stays in
-our session, a detached one gets a session of its own (see `group_options`).
+engine in order (SIGTERM to the group, SIGKILL after a grace period). The engine stays in our
+session, attached or detached (see `group_options`).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class EngineServer:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.command.env},
                 cwd=REPO_ROOT,
-                **group_options(self.detached),
+                **group_options(),
                 # Runs only a prctl() resolved in the parent: nothing that could take a lock.
                 preexec_fn=None if self.detached else _die_with_parent,  # noqa: PLW1509
             )
@@ -149,15 +149,16 @@ class EngineServer:
         self.stop()
 
 
-def group_options(detached: bool) -> dict[str, Any]:
-    """`Popen` options giving the engine a process group of its own, in our session unless detached.
+def group_options() -> dict[str, Any]:
+    """`Popen` options giving a server a process group of its own, in our session.
 
     Linux schedules each session as one CPU group (autogroup). The CPU build pins its worker to a
     core; from a session of its own it starved a client of ours on that core for a whole answer,
     so the first streamed chunk came with the last (docs/engineering-notes.md). In one session the
-    two share the core fairly. A detached engine must outlive our terminal: its own session.
+    two share the core fairly. A detached server still outlives our terminal: a hangup reaches
+    only the terminal's foreground group, and ours is a background one.
     """
-    return {"start_new_session": True} if detached else {"process_group": 0}
+    return {"process_group": 0}
 
 
 def root_url(serving: ServingSettings) -> str:
