@@ -90,10 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="cache-speed-") as tmp:
         folder = args.store_dir or Path(tmp)
-        filler = Prefilled(model, [*fill, *cached])
-        cache = SemanticCache(folder, filler, settings.index.embed_model, settings.cache.similarity_threshold, 10**9)
+        cache = SemanticCache(folder, model, settings.index.embed_model, settings.cache.similarity_threshold, 10**9)
         started = time.perf_counter()
         if cache.stats().entries < args.entries:
+            filler = Prefilled(model, [*fill, *cached])
+            threshold = settings.cache.similarity_threshold
+            cache = SemanticCache(folder, filler, settings.index.embed_model, threshold, 10**9)
             for q in [*fill, *cached]:
                 cache.store(q, SCOPE, CachedAnswer(f"answer to: {q}", [], time.time()))
             cache.close()
