@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cache.store(q, SCOPE, CachedAnswer(f"answer to: {q}", [], time.time()))
             cache.close()
         fill_s = time.perf_counter() - started
-        timed_model = model
+        timed_model: Any = model
         if args.precomputed:  # time the store and search alone: every embedding is a dict read
             rounds = [
                 p if r == 0 else f"{p.rstrip('?')}{' ?' if r == 1 else '??'}"
