@@ -281,13 +281,15 @@ class CacheSettings(_Section):
     """Cosine a cached question needs to count as the same question (0.85: from bench/cache_precision.py)."""
     ttl_s: int = Field(86400, ge=1, le=31536000)
     """Seconds a cached answer stays valid."""
-    guards: tuple[Literal["numbers", "negation", "entities", "opposites"], ...] = (
+    guards: tuple[Literal["numbers", "negation", "entities", "opposites", "content"], ...] = (
         "numbers",
         "negation",
         "entities",
         "opposites",
+        "content",
     )
-    """Checks a hit must also pass (chains/cache_guards.py): differing numbers, negation, names, opposites."""
+    """Checks a hit must also pass (chains/cache/guards.py): differing numbers, negation, names, opposites,
+    content words."""
     top_k: int = Field(5, ge=1, le=100)
     """Nearest cached questions examined per lookup; the closest one passing every check is the hit."""
     max_entries: int = Field(10000, ge=10, le=10_000_000)

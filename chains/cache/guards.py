@@ -80,8 +80,9 @@ _FRAME = frozenset(
     best good great better way ways really actually possible exactly anyone someone something anything thing
     things kind sort ever lot lots much many one ones else other another up out off own same very most more
     know need want like make made use using used able try trying let take takes taking took put come greatest
-    between during within without no not never none nor""".split()  # noqa: SIM905
-)
+    between during within without no not never none nor per isn aren wasn weren don doesn didn won wouldn
+    shouldn couldn hasn haven hadn""".split()  # noqa: SIM905
+) | frozenset(_NUMBER_WORDS)  # numbers are the "numbers" guard's to compare
 
 # Words that mean the same in a question, mapped to one representative (compared after stemming).
 _SYNONYMS = [
@@ -146,7 +147,7 @@ def features(text: str) -> QuestionFeatures:
     for num in _NUMBER.findall(text):
         numbers.add(num.replace(",", "") if re.fullmatch(r"\d{1,3}(?:,\d{3})+", num) else num)
     stems = frozenset(_stem(w) for w in words)
-    content = frozenset(_concept(w) for w in re.findall(r"[a-z][a-z+#]*", text.lower()) if w not in _FRAME)
+    content = frozenset(_concept(w) for w in re.findall(r"\b[a-z][a-z+#]*", text.lower()) if w not in _FRAME)
     return QuestionFeatures(frozenset(numbers), negated, frozenset(entities), frozenset(words), stems, content)
 
 
