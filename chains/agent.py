@@ -19,6 +19,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -341,9 +342,12 @@ class RagAgent:
             pieces: list[str] = []
             if failure is None:
                 try:
-                    async for piece in self._agent_text(turn.conversation_id, turn.asked, context):
-                        pieces.append(piece)
-                        yield piece
+                    # Closed at once when the caller stops reading: the model request is then cancelled
+                    # on the server instead of waiting for the garbage collector to close the stream.
+                    async with aclosing(self._agent_text(turn.conversation_id, turn.asked, context)) as text:
+                        async for piece in text:
+                            pieces.append(piece)
+                            yield piece
                 except Exception as exc:
                     failure = unavailable_reason(exc, self._base_url)
                     if failure is None:
@@ -413,11 +417,12 @@ class RagAgent:
         events = self._graph.astream(
             {"messages": [asked]}, config, context=context, stream_mode="messages", durability="exit"
         )
-        async for event in idle_limited(events, self._settings.llm.request_timeout_s):
-            chunk, metadata = cast(tuple[BaseMessage, dict[str, Any]], event)
-            if metadata.get("langgraph_node") == "model" and isinstance(chunk, AIMessageChunk) and chunk.text:
-                context.trace.mark_text()
-                yield chunk.text
+        async with aclosing(idle_limited(events, self._settings.llm.request_timeout_s)) as limited:
+            async for event in limited:
+                chunk, metadata = cast(tuple[BaseMessage, dict[str, Any]], event)
+                if metadata.get("langgraph_node") == "model" and isinstance(chunk, AIMessageChunk) and chunk.text:
+                    context.trace.mark_text()
+                    yield chunk.text
 
     async def _last_answer(self, cid: str) -> str:
         """The final AI message of the run, for answers that were not streamed as text."""

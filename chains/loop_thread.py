@@ -70,7 +70,10 @@ class LoopThread:
                 except StopAsyncIteration:
                     return
         finally:
-            await self.arun(_close(items))
+            # Shielded: a caller under a level-cancelled scope (anyio, as in Starlette) would cancel
+            # the close before it ran, leaving `items` and its model request open until GC.
+            closing = asyncio.run_coroutine_threadsafe(_close(items), self._loop)
+            await asyncio.shield(asyncio.wrap_future(closing))
 
     @property
     def closed(self) -> bool:
