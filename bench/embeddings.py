@@ -7,7 +7,7 @@ Measured in one process, interleaved so load drifts hit every backend alike:
 - agreement with torch: cosine of each backend's vector with torch's over passages and questions.
 Texts come from the sample docs (`data/docs`) and the cache-pair questions, not from SQuAD.
 With `--squad`, retrieval quality is `bench.retrieval_eval` once per backend (SQuAD v1.1 dev,
-every paragraph ingested with that backend; run after the timings, in parallel).
+every paragraph ingested with that backend), running beside the timings.
 
     python -m bench.embeddings --pairs ../shared/data/cache_pairs.json [--squad ../shared/data/squad-dev-v1.1.json]
 """
@@ -107,31 +107,35 @@ def agreement(models: dict[str, Any], texts: list[str], questions: list[str]) ->
     return out
 
 
-def retrieval_quality(squad: Path, questions: int) -> dict[str, dict[str, Any]]:
+def start_retrieval_evals(squad: Path, questions: int, scratch: Path) -> dict[str, subprocess.Popen[bytes]]:
     """`bench.retrieval_eval` once per backend, each in its own process with a fresh index.
 
-    The three run at once: quality is not timed, and on a shared machine three full ingests one
-    after another take longer than the timings are worth waiting for.
+    Started before the timings and run beside them: quality is not timed, the timings interleave
+    the backends so this load hits each alike, and three full ingests one after another take
+    longer than a shared machine gives a benchmark.
     """
+    runs: dict[str, subprocess.Popen[bytes]] = {}
+    for backend in BACKENDS:
+        command = [sys.executable, "-m", "bench.retrieval_eval", "--squad", str(squad), "--backend", backend]
+        command += ["--out", str(scratch / backend)] + (["--questions", str(questions)] if questions else [])
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        runs[backend] = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
+    return runs
+
+
+def retrieval_quality(runs: dict[str, subprocess.Popen[bytes]], scratch: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="embed-eval-") as scratch:
-        runs = {}
-        for backend in BACKENDS:
-            command = [sys.executable, "-m", "bench.retrieval_eval", "--squad", str(squad), "--backend", backend]
-            command += ["--out", f"{scratch}/{backend}"] + (["--questions", str(questions)] if questions else [])
-            env = {**os.environ, "PYTHONPATH": str(REPO)}
-            runs[backend] = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
-        for backend, run in runs.items():
-            if run.wait() != 0:
-                raise RuntimeError(f"bench.retrieval_eval --backend {backend} failed (exit {run.returncode})")
-            summary = json.loads((Path(scratch) / backend / "retrieval.json").read_text(encoding="utf-8"))
-            out[backend] = {
-                "questions": summary["questions_evaluated"],
-                "seed": summary["seed"],
-                "chunks": summary["chunks"],
-                "ingest_s": summary["ingest"]["seconds"],
-                "results": {mode: summary["results"][mode] for mode in ("dense", "hybrid")},
-            }
+    for backend, run in runs.items():
+        if run.wait() != 0:
+            raise RuntimeError(f"bench.retrieval_eval --backend {backend} failed (exit {run.returncode})")
+        summary = json.loads((scratch / backend / "retrieval.json").read_text(encoding="utf-8"))
+        out[backend] = {
+            "questions": summary["questions_evaluated"],
+            "seed": summary["seed"],
+            "chunks": summary["chunks"],
+            "ingest_s": summary["ingest"]["seconds"],
+            "results": {mode: summary["results"][mode] for mode in ("dense", "hybrid")},
+        }
     return out
 
 
@@ -156,53 +160,65 @@ def main(argv: list[str] | None = None) -> int:
     questions = [p["similar"] for p in rng.sample(pairs, min(args.queries, len(pairs)))]
     texts = passages(seed_sentences(REPO / "data" / "docs"), BATCH * 4, rng)
 
+    with tempfile.TemporaryDirectory(prefix="embed-eval-") as scratch:
+        runs = start_retrieval_evals(args.squad, args.squad_questions, Path(scratch)) if args.squad else {}
+        results = timings(settings.embed_model, texts, questions, args.rounds)
+        results["default_backend"] = settings.embed_backend
+        write(results, args.out)  # the timings survive a quality run that fails or is stopped
+        if runs:
+            print("waiting for retrieval quality (one bench.retrieval_eval per backend) ...", flush=True)
+            results["retrieval_squad"] = retrieval_quality(runs, Path(scratch))
+            torch_ndcg = results["retrieval_squad"]["torch"]["results"]
+            results["ndcg10_minus_torch"] = {
+                name: {
+                    mode: round(r["results"][mode]["ndcg@10"] - torch_ndcg[mode]["ndcg@10"], 4) for mode in r["results"]
+                }
+                for name, r in results["retrieval_squad"].items()
+            }
+            results["loadavg_after"] = os.getloadavg()
+            write(results, args.out)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def timings(name: str, texts: list[str], questions: list[str], rounds: int) -> dict[str, Any]:
     load_s: dict[str, float] = {}
     models: dict[str, Any] = {}
     for backend in BACKENDS:
         started = time.perf_counter()
-        models[backend] = load_embedding(settings.embed_model, BATCH, backend)
+        models[backend] = load_embedding(name, BATCH, backend)
         load_s[backend] = round(time.perf_counter() - started, 2)
         models[backend].get_text_embedding_batch(texts[:BATCH])  # warm-up outside every timing
-
     results: dict[str, Any] = {
-        "embed_model": settings.embed_model,
-        "default_backend": settings.embed_backend,
+        "embed_model": name,
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "loadavg_before": os.getloadavg(),
         "load_s_in_process": load_s,
     }
     print("agreement ...", flush=True)
-    results["agreement_with_torch"] = agreement(models, texts, questions[:100])
+    results["agreement_with_torch"] = agreement(models, texts[: 2 * BATCH], questions[:100])
     print("single-query latency ...", flush=True)
     results["single_query"] = single_query_latency(models, questions)
     print("batch throughput ...", flush=True)
-    results["batch_64"] = batch_throughput(models, texts, args.rounds)
+    results["batch_64"] = batch_throughput(models, texts, rounds)
     results["loadavg_after_timings"] = os.getloadavg()
     torch_p50 = results["single_query"]["torch"]["p50_ms"]
     torch_rate = results["batch_64"]["torch"]["sentences_per_s_median"]
     results["speedup_vs_torch"] = {
-        name: {
-            "single_query_p50": round(torch_p50 / results["single_query"][name]["p50_ms"], 2),
-            "batch_64": round(results["batch_64"][name]["sentences_per_s_median"] / torch_rate, 2),
+        backend: {
+            "single_query_p50": round(torch_p50 / results["single_query"][backend]["p50_ms"], 2),
+            "batch_64": round(results["batch_64"][backend]["sentences_per_s_median"] / torch_rate, 2),
         }
-        for name in BACKENDS
+        for backend in BACKENDS
     }
-    del models
-    if args.squad is not None:
-        print("retrieval quality, one bench.retrieval_eval per backend ...", flush=True)
-        results["retrieval_squad"] = retrieval_quality(args.squad, args.squad_questions)
-        torch_ndcg = results["retrieval_squad"]["torch"]["results"]
-        results["ndcg10_minus_torch"] = {
-            name: {mode: round(r["results"][mode]["ndcg@10"] - torch_ndcg[mode]["ndcg@10"], 4) for mode in r["results"]}
-            for name, r in results["retrieval_squad"].items()
-        }
-        results["loadavg_after"] = os.getloadavg()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "embeddings.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    plot(results, args.out / "embeddings.png")
-    print(json.dumps(results, indent=2))
-    return 0
+    return results
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "embeddings.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    plot(results, out / "embeddings.png")
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
