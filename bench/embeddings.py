@@ -107,6 +107,33 @@ def agreement(models: dict[str, Any], texts: list[str], questions: list[str]) ->
     return out
 
 
+def dense_squad_subset(name: str, squad: Path, paragraphs: int, seed: int) -> dict[str, Any]:
+    """Dense retrieval by exact cosine over a seeded sample of SQuAD paragraphs, per backend.
+
+    A quick paired check (same paragraphs, same questions for every backend) for when the full
+    `bench.retrieval_eval` per backend (three full ingests) does not fit the time a shared
+    machine gives; a paragraph is one text, truncated at the model's window as ingest would not.
+    """
+    from bench.retrieval_eval import metrics
+
+    data = json.loads(squad.read_text(encoding="utf-8"))
+    items = [(p["context"], [q["question"] for q in p["qas"]]) for a in data["data"] for p in a["paragraphs"]]
+    sample = random.Random(seed).sample(items, paragraphs)
+    contexts = [context for context, _ in sample]
+    asked = [(question, i) for i, (_, questions) in enumerate(sample) for question in questions]
+    out: dict[str, Any] = {"paragraphs": paragraphs, "questions": len(asked), "seed": seed}
+    for backend in BACKENDS:
+        model = load_embedding(name, BATCH, backend)
+        corpus = np.asarray(model.get_text_embedding_batch(contexts))
+        queries = np.asarray(model.get_text_embedding_batch([question for question, _ in asked]))
+        scores = queries @ corpus.T
+        gold = scores[np.arange(len(asked)), [i for _, i in asked]]
+        ranks = [int(r) if r <= 10 else None for r in 1 + (scores > gold[:, None]).sum(axis=1)]
+        out[backend] = {k: round(v, 4) for k, v in metrics(ranks).items()}
+    out["ndcg10_minus_torch"] = {b: round(out[b]["ndcg@10"] - out["torch"]["ndcg@10"], 4) for b in BACKENDS}
+    return out
+
+
 def start_retrieval_evals(squad: Path, questions: int, scratch: Path) -> dict[str, subprocess.Popen[bytes]]:
     """`bench.retrieval_eval` once per backend, each in its own process with a fresh index.
 
@@ -144,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=Path, required=True, help="cache_pairs.json (its questions are timed)")
     parser.add_argument("--squad", type=Path, default=None, help="also run bench.retrieval_eval per backend")
     parser.add_argument("--squad-questions", type=int, default=0, help="subsample SQuAD questions (0: all)")
+    parser.add_argument(
+        "--dense-paragraphs", type=int, default=0, help="quick paired dense check on N SQuAD paragraphs"
+    )
+    parser.add_argument("--skip-timings", action="store_true", help="add to the embeddings.json in --out instead")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
@@ -161,10 +192,22 @@ def main(argv: list[str] | None = None) -> int:
     texts = passages(seed_sentences(REPO / "data" / "docs"), BATCH * 4, rng)
 
     with tempfile.TemporaryDirectory(prefix="embed-eval-") as scratch:
-        runs = start_retrieval_evals(args.squad, args.squad_questions, Path(scratch)) if args.squad else {}
-        results = timings(settings.embed_model, texts, questions, args.rounds)
-        results["default_backend"] = settings.embed_backend
-        write(results, args.out)  # the timings survive a quality run that fails or is stopped
+        full = args.squad is not None and not args.dense_paragraphs
+        runs = start_retrieval_evals(args.squad, args.squad_questions, Path(scratch)) if full else {}
+        if args.skip_timings:
+            existing = args.out / "embeddings.json"
+            results = json.loads(existing.read_text(encoding="utf-8")) if existing.is_file() else {}
+        else:
+            results = timings(settings.embed_model, texts, questions, args.rounds)
+            results["default_backend"] = settings.embed_backend
+            write(results, args.out)  # the timings survive a quality run that fails or is stopped
+        if args.squad is not None and args.dense_paragraphs:
+            print("dense retrieval on a SQuAD sample, per backend ...", flush=True)
+            results["dense_squad_subset"] = dense_squad_subset(
+                settings.embed_model, args.squad, args.dense_paragraphs, args.seed
+            )
+            results["loadavg_after_dense_check"] = os.getloadavg()
+            write(results, args.out)
         if runs:
             print("waiting for retrieval quality (one bench.retrieval_eval per backend) ...", flush=True)
             results["retrieval_squad"] = retrieval_quality(runs, Path(scratch))
@@ -227,22 +270,28 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results["single_query"])
-    panels = [
-        ("single query p50 (ms, lower is better)", [results["single_query"][n]["p50_ms"] for n in names]),
-        ("batch of 64 (sentences/s)", [results["batch_64"][n]["sentences_per_s_median"] for n in names]),
-    ]
+    names = list(BACKENDS)
+    panels = []
+    if "single_query" in results:
+        panels.append(("single query p50 (ms, lower is better)", [results["single_query"][n]["p50_ms"] for n in names]))
+        panels.append(("batch of 64 (sentences/s)", [results["batch_64"][n]["sentences_per_s_median"] for n in names]))
     if "retrieval_squad" in results:
         panels.append(
             ("SQuAD nDCG@10, hybrid", [results["retrieval_squad"][n]["results"]["hybrid"]["ndcg@10"] for n in names])
         )
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
-    for ax, (title, values) in zip(axes, panels, strict=True):
+    if "dense_squad_subset" in results:
+        sample = results["dense_squad_subset"]
+        title = f"dense nDCG@10, {sample['paragraphs']} SQuAD paragraphs"
+        panels.append((title, [sample[n]["ndcg@10"] for n in names]))
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
+    for ax, (title, values) in zip(axes[0], panels, strict=True):
         bars = ax.bar(names, values, color=["#888", "#3a7", "#37a"][: len(names)])
         ax.bar_label(bars, fmt="%.3g", fontsize=8)
         ax.set_title(title, fontsize=9)
-    load = results["loadavg_before"][0]
-    fig.suptitle(f"MiniLM query embedding by backend ({results['cpu_count']} cores, load {load:.1f} at start)")
+    load = results.get("loadavg_before", os.getloadavg())[0]
+    fig.suptitle(f"MiniLM embedding by backend ({os.cpu_count()} cores, load {load:.1f} at start)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
