@@ -111,7 +111,8 @@ def _stats(settings: IndexSettings, args: argparse.Namespace) -> int:
     print(f"  version {manifest.version}, updated {manifest.updated_at}")
     print(f"  {manifest.documents} documents, {manifest.chunks} chunks; Chroma holds {stored}")
     print(
-        f"  embedding {manifest.embed_model} ({manifest.embed_dimension}-d); chunks of <= {manifest.chunk_size} tokens"
+        f"  embedding {manifest.embed_model} ({manifest.embed_dimension}-d, {manifest.embed_backend} backend); "
+        f"chunks of <= {manifest.chunk_size} tokens"
     )
     for file_type, (docs, chunks) in sorted(by_type.items()):
         print(f"    {file_type:<9} {docs:>6} documents {chunks:>8} chunks")

