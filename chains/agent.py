@@ -18,7 +18,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -170,6 +170,7 @@ class RagAgent:
                 settings.index.embed_model,
                 settings.index.embed_batch_size,
                 verifier=model_verifier(chat_model) if settings.cache.verify_with_model else None,
+                embed_backend=settings.index.embed_backend,
             )
             owned.append(cache)
         agent = cls(settings, retriever=retriever, chat_model=chat_model, cache=cache)
@@ -344,8 +345,8 @@ class RagAgent:
                 try:
                     # Closed at once when the caller stops reading: the model request is then cancelled
                     # on the server instead of waiting for the garbage collector to close the stream.
-                    async with aclosing(self._agent_text(turn.conversation_id, turn.asked, context)) as text:
-                        async for piece in text:
+                    async with aclosing(self._agent_text(turn.conversation_id, turn.asked, context)) as streamed:
+                        async for piece in streamed:
                             pieces.append(piece)
                             yield piece
                 except Exception as exc:
@@ -411,7 +412,7 @@ class RagAgent:
         both = await asyncio.gather(rewritten, self._retriever.aretrieve(turn.asked.text, top_k))
         return fuse(*both, top_k or self._retriever.settings.top_k, self._retriever.settings.rrf_k)
 
-    async def _agent_text(self, cid: str, asked: HumanMessage, context: TurnContext) -> AsyncIterator[str]:
+    async def _agent_text(self, cid: str, asked: HumanMessage, context: TurnContext) -> AsyncGenerator[str]:
         """The agent's answer text as the model streams it (tool-call messages carry none)."""
         config: RunnableConfig = {**thread_config(cid), "callbacks": [LLMCallTracer(context.trace)]}
         events = self._graph.astream(

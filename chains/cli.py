@@ -107,7 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in {"cache-stats", "cache-clear"}:
         from chains.cache import SemanticCache
 
-        cache = SemanticCache.from_settings(settings.cache, settings.index.embed_model, settings.index.embed_batch_size)
+        cache = SemanticCache.from_settings(
+            settings.cache,
+            settings.index.embed_model,
+            settings.index.embed_batch_size,
+            embed_backend=settings.index.embed_backend,
+        )
         if args.command == "cache-clear":
             cache.clear()
             print(f"semantic cache cleared ({cache.directory})", file=out)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import TypeVar
 
 import openai
@@ -71,7 +71,7 @@ async def within(awaitable: Awaitable[T], seconds: float) -> T:
         raise ModelTimeoutError(f"the model server sent nothing for {seconds:g} s") from None
 
 
-async def idle_limited(events: AsyncIterator[T], seconds: float) -> AsyncIterator[T]:
+async def idle_limited(events: AsyncIterator[T], seconds: float) -> AsyncGenerator[T]:
     """`events`, failing with ModelTimeoutError when none arrives for `seconds`; a long answer
     that keeps streaming is never cut."""
     iterator = aiter(events)

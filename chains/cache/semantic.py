@@ -169,8 +169,10 @@ class SemanticCache:
         embed_model_name: str,
         embed_batch_size: int = 64,
         verifier: Verifier | None = None,
+        embed_backend: str = "onnx",
     ) -> SemanticCache:
-        """Build from the `cache` settings section, with the index's embedding model.
+        """Build from the `cache` settings section, with the index's embedding model and backend
+        (so a lookup's vector can serve retrieval; a new backend means a new index, so a new scope).
 
         Pass `verifier=model_verifier(chat_model)` when `settings.verify_with_model` is on.
         """
@@ -178,7 +180,7 @@ class SemanticCache:
 
         return cls(
             settings.dir,
-            load_embedding(embed_model_name, embed_batch_size),
+            load_embedding(embed_model_name, embed_batch_size, embed_backend),
             embed_model_name,
             settings.similarity_threshold,
             settings.ttl_s,

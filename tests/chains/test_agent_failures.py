@@ -117,7 +117,12 @@ def test_corrupt_cache_store_answers_uncached_warns_once_and_rebuilds(
 ) -> None:
     settings = unit_settings.model_copy(deep=True)
     settings.cache.enabled = True
-    cache = SemanticCache.from_settings(settings.cache, settings.index.embed_model, settings.index.embed_batch_size)
+    cache = SemanticCache.from_settings(
+        settings.cache,
+        settings.index.embed_model,
+        settings.index.embed_batch_size,
+        embed_backend=settings.index.embed_backend,
+    )
     model = ScriptedChatModel(script=["First [1].", "Second [1]."])
     with RagAgent(settings, retriever=retriever, chat_model=model, cache=cache) as agent:
         first = agent.invoke(QUESTION, "k1")

@@ -409,7 +409,12 @@ def test_gptcache_cannot_install_packages(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_from_settings_uses_the_cache_section(tmp_path: Path) -> None:
     settings = load_settings("test", cache={"dir": str(tmp_path / "c"), "similarity_threshold": 0.93, "ttl_s": 5})
-    c = SemanticCache.from_settings(settings.cache, settings.index.embed_model, settings.index.embed_batch_size)
+    c = SemanticCache.from_settings(
+        settings.cache,
+        settings.index.embed_model,
+        settings.index.embed_batch_size,
+        embed_backend=settings.index.embed_backend,
+    )
     c.store(QUESTION, SCOPE, answer())
     assert c.directory == tmp_path / "c" and c.stats().entries == 1
     with pytest.raises(SettingsError, match="guards"):
