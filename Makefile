@@ -25,7 +25,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
 
 .PHONY: help install tiny-model demo stop serve serve-start serve-stop serve-status serve-command serve-check ingest stats api app test test-fast lint \
-        bench bench-serve bench-ingest eval-retrieval bench-cache bench-chains bench-api bench-followups clean
+        bench bench-serve bench-ingest eval-retrieval bench-cache bench-chains bench-api bench-followups bench-embed clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -115,7 +115,7 @@ lint: $(VENV)/.installed ## ruff + mypy + the import contracts between the parts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-bench: bench-serve bench-ingest eval-retrieval bench-cache bench-chains bench-api bench-followups ## Run every benchmark (results in bench/results/)
+bench: bench-serve bench-ingest eval-retrieval bench-cache bench-chains bench-api bench-followups bench-embed ## Run every benchmark (results in bench/results/)
 
 bench-serve: install ## Serving benchmark: TTFT, throughput, batching, speculation, prefix caching
 	$(PY) -m bench.serve
@@ -137,6 +137,9 @@ bench-api: install ## API under load: 1/8/32 clients, req/s, TTFT p50/p95, error
 
 bench-followups: install ## Follow-up rewrites: hit@5 of original / rewrite / both / checked (BASE_URL=... reuses a server)
 	$(PY) -m bench.followups $(if $(BASE_URL),--base-url $(BASE_URL))
+
+bench-embed: $(VENV)/.installed ## Embedding backends: single-query latency, batch throughput, agreement, SQuAD quality
+	$(PY) -m bench.embeddings --pairs ../shared/data/cache_pairs.json --squad ../shared/data/squad-dev-v1.1.json
 
 clean: ## Remove built models and runtime data (keeps environments and sample docs)
 	rm -rf models/tiny-chat data/index data/cache data/conversations.sqlite data/app.sqlite* .run
