@@ -8,7 +8,6 @@ are also copied to docs/img/ for the README.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -159,12 +158,9 @@ def test_stop_cancels_the_answer_on_the_engine_and_keeps_it_marked(page: Any, vl
     stop = page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Stop")
     stop.wait_for()
     answer = page.get_by_test_id("stChatMessage").nth(1)
-    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-
-    # Press Stop once the answer streams, or after 3 s if its first chunk is late (then it stops
-    # before the first token, which must work as well).
-    with contextlib.suppress(PlaywrightTimeoutError):
-        answer.get_by_test_id("stMarkdown").first.wait_for(timeout=3000)
+    # Press Stop as soon as it shows: on an idle machine the tiny model writes its whole answer in
+    # about a second, so waiting for the first chunk raced the end of the answer. Stopping before
+    # or just after the first token must both end marked "stopped".
     stop.click()
     answer.get_by_text(re.compile(r"\bstopped$")).wait_for()
     deadline = time.monotonic() + 60  # a shared engine may be busy with other clients meanwhile
