@@ -42,6 +42,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.common import write_results
 from config import load_settings
 from config.settings import REPO_ROOT, Settings
 
@@ -330,11 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "TTFT minus the agent's own TTFT for the same request.",
         },
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "api.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    plot(result, args.out / "api.png")
-    print(table(result))
-    print(f"\nwrote {args.out / 'api.json'} and {args.out / 'api.png'}", file=sys.stderr)
+    write_results(result, args.out, "api", plot, table(result))
     return 0
 
 

@@ -48,6 +48,7 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_openai import ChatOpenAI
 from tqdm import tqdm
 
+from bench.common import write_results
 from chains import IndexRetriever, RagAgent
 from chains.llm import make_chat_model
 from config import load_settings
@@ -515,11 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "note": "tiny random-weights model: answers are noise; latencies and token counts are real",
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "chains.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    plot(result, args.out / "chains.png")
-    print(table(result))
-    print(f"\nwrote {args.out / 'chains.json'} and {args.out / 'chains.png'}", file=sys.stderr)
+    write_results(result, args.out, "chains", plot, table(result))
     return 0
 
 
