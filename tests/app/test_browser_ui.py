@@ -153,6 +153,11 @@ def test_an_uploaded_file_is_indexed_and_counted(page: Any, tmp_path: Path) -> N
     screenshot(page, "ui-03-uploaded-and-indexed")
 
 
+@pytest.mark.xfail(
+    reason="known bug (issue 10, open): in about half the CI runs on an idle machine the answer is never "
+    "marked stopped after Stop (the same family as the API disconnect bug)",
+    strict=False,
+)
 def test_stop_cancels_the_answer_on_the_engine_and_keeps_it_marked(page: Any, vllm_server: LLMServer) -> None:
     ask(page, "Explain everything about hybrid retrieval and the semantic cache in detail.")
     stop = page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Stop")
