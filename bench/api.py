@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
 from bench.common import write_results
+from bench.metrics import percentile
 from config import load_settings
 from config.settings import REPO_ROOT, Settings
 
@@ -97,7 +97,7 @@ class Phase:
 
 
 def _ms(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(values, q) * 1000) if values else None
+    return percentile(values, q) * 1000 if values else None
 
 
 async def one_turn(client: httpx.AsyncClient, question: str, phase: Phase, use_cache: bool) -> None:

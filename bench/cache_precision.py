@@ -40,6 +40,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from bench.metrics import percentile
 from chains.cache import CachedAnswer, CacheScope, GuardName, SemanticCache
 from config import load_settings
 from config.settings import REPO_ROOT
@@ -179,14 +180,9 @@ def score(queries: Sequence[Query], outcomes: Sequence[Outcome], threshold: floa
     }
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
-
-
 def latency_ms(outcomes: Iterable[Outcome]) -> dict[str, float]:
     xs = [o.latency_s * 1000 for o in outcomes]
-    return {"n": len(xs), "p50_ms": statistics.median(xs), "p99_ms": percentile(xs, 0.99)} if xs else {"n": 0}
+    return {"n": len(xs), "p50_ms": statistics.median(xs), "p99_ms": percentile(xs, 99)} if xs else {"n": 0}
 
 
 def safe(row: dict[str, Any]) -> bool:

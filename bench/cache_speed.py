@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.metrics import percentile
 from chains.cache import CachedAnswer, CacheScope, SemanticCache
 from config import load_settings
 from config.settings import REPO_ROOT
@@ -57,13 +58,10 @@ def own_groups(eval_dir: Path) -> list[dict[str, Any]]:
     return groups
 
 
-def pct(xs: Sequence[float], q: float) -> float:
-    ordered = sorted(xs)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
-
-
 def ms(xs: Sequence[float]) -> dict[str, float]:
-    return {"n": len(xs), "p50_ms": 1000 * statistics.median(xs), "p99_ms": 1000 * pct(xs, 99)} if xs else {"n": 0}
+    return (
+        {"n": len(xs), "p50_ms": 1000 * statistics.median(xs), "p99_ms": 1000 * percentile(xs, 99)} if xs else {"n": 0}
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,13 +42,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_openai import ChatOpenAI
 from tqdm import tqdm
 
 from bench.common import write_results
+from bench.metrics import percentile
 from chains import IndexRetriever, RagAgent
 from chains.llm import make_chat_model
 from config import load_settings
@@ -215,22 +215,18 @@ def build_index(settings: Settings, articles: Sequence[tuple[str, list[str], lis
     return open_retriever(settings.index).manifest.chunks
 
 
-def pct(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=float), q)) if values else float("nan")
-
-
 def summary(samples: Sequence[Sample]) -> dict[str, Any]:
     ttfts = [s.ttft_s for s in samples if s.ttft_s is not None]
     return {
         "n": len(samples),
-        "total_ms_p50": 1000 * pct([s.total_s for s in samples], 50),
-        "total_ms_p99": 1000 * pct([s.total_s for s in samples], 99),
-        "ttft_ms_p50": 1000 * pct(ttfts, 50),
-        "vllm_ms_p50": 1000 * pct([s.vllm_s for s in samples], 50),
-        "overhead_engine_ms_p50": 1000 * pct([s.overhead_s for s in samples], 50),
-        "cache_lookup_ms_p50": 1000 * pct([s.cache_lookup_s for s in samples], 50),
-        "retrieval_ms_p50": 1000 * pct([s.retrieval_s for s in samples], 50),
-        "prompt_tokens_p50": pct([s.prompt_tokens for s in samples], 50),
+        "total_ms_p50": 1000 * percentile([s.total_s for s in samples], 50),
+        "total_ms_p99": 1000 * percentile([s.total_s for s in samples], 99),
+        "ttft_ms_p50": 1000 * percentile(ttfts, 50),
+        "vllm_ms_p50": 1000 * percentile([s.vllm_s for s in samples], 50),
+        "overhead_engine_ms_p50": 1000 * percentile([s.overhead_s for s in samples], 50),
+        "cache_lookup_ms_p50": 1000 * percentile([s.cache_lookup_s for s in samples], 50),
+        "retrieval_ms_p50": 1000 * percentile([s.retrieval_s for s in samples], 50),
+        "prompt_tokens_p50": percentile([s.prompt_tokens for s in samples], 50),
     }
 
 
@@ -312,16 +308,16 @@ async def run(
     bar.close()
     hit_samples = [s for s in hits if s.cached]
     frontend_s = {
-        "agent": pct([s.overhead_s for s in raw_agent], 50),
-        "baseline": pct([s.overhead_s for s in raw_plain], 50),
+        "agent": percentile([s.overhead_s for s in raw_agent], 50),
+        "baseline": percentile([s.overhead_s for s in raw_plain], 50),
     }
     single = {"agent": summary(agent_single), "baseline": summary(base_single)}
     for who, figures in single.items():
         figures["overhead_ms_p50"] = figures["overhead_engine_ms_p50"] - 1000 * frontend_s[who]
-    embed_ms = 1000 * pct(embed_s, 50)
+    embed_ms = 1000 * percentile(embed_s, 50)
     target_ms = 30 + embed_ms
-    uncached_p50 = pct([s.total_s for s in uncached], 50)
-    hit_p50 = pct([s.total_s for s in hit_samples], 50)
+    uncached_p50 = percentile([s.total_s for s in uncached], 50)
+    hit_p50 = percentile([s.total_s for s in hit_samples], 50)
     turns = min(10, len(agent_conv))
     return {
         "cache": {
@@ -329,7 +325,7 @@ async def run(
             "turns": len(paraphrases),
             "hits": len(hit_samples),
             "hit_ms_p50": 1000 * hit_p50,
-            "hit_ms_p99": 1000 * pct([s.total_s for s in hit_samples], 99),
+            "hit_ms_p99": 1000 * percentile([s.total_s for s in hit_samples], 99),
             "uncached_ms_p50": 1000 * uncached_p50,
             "uncached_over_cached": uncached_p50 / hit_p50 if hit_samples else None,
             "stats": None if cache_stats is None else cache_stats.__dict__,

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from bench.corpus import seed_sentences
+from bench.metrics import percentile, ranking_metrics
 from config import load_settings
 from indexing.embeddings import BACKENDS, load_embedding
 
@@ -64,7 +65,7 @@ def single_query_latency(models: dict[str, Any], questions: list[str]) -> dict[s
     return {
         name: {
             "p50_ms": round(1000 * statistics.median(t), 2),
-            "p90_ms": round(1000 * float(np.percentile(t, 90)), 2),
+            "p90_ms": round(1000 * percentile(t, 90), 2),
             "n": len(t),
         }
         for name, t in times.items()
@@ -99,7 +100,7 @@ def agreement(models: dict[str, Any], texts: list[str], questions: list[str]) ->
         )
         out[name] = {
             "min_cosine": round(float(cosines.min()), 6),
-            "p1_cosine": round(float(np.percentile(cosines, 1)), 6),
+            "p1_cosine": round(percentile(cosines, 1), 6),
             "median_cosine": round(float(np.median(cosines)), 6),
             "max_abs_diff": round(float(np.abs(got_texts - reference_texts).max()), 7),
             "texts": len(cosines),
@@ -114,8 +115,6 @@ def dense_squad_subset(name: str, squad: Path, paragraphs: int, seed: int) -> di
     `bench.retrieval_eval` per backend (three full ingests) does not fit the time a shared
     machine gives; a paragraph is one text, truncated at the model's window as ingest would not.
     """
-    from bench.retrieval_eval import metrics
-
     data = json.loads(squad.read_text(encoding="utf-8"))
     items = [(p["context"], [q["question"] for q in p["qas"]]) for a in data["data"] for p in a["paragraphs"]]
     sample = random.Random(seed).sample(items, paragraphs)
@@ -129,7 +128,7 @@ def dense_squad_subset(name: str, squad: Path, paragraphs: int, seed: int) -> di
         scores = queries @ corpus.T
         gold = scores[np.arange(len(asked)), [i for _, i in asked]]
         ranks = [int(r) if r <= 10 else None for r in 1 + (scores > gold[:, None]).sum(axis=1)]
-        out[backend] = {k: round(v, 4) for k, v in metrics(ranks).items()}
+        out[backend] = {k: round(v, 4) for k, v in ranking_metrics(ranks).items()}
     out["ndcg10_minus_torch"] = {b: round(out[b]["ndcg@10"] - out["torch"]["ndcg@10"], 4) for b in BACKENDS}
     return out
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import re
 import statistics
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from bench.metrics import first_rank, ranking_metrics
 from config import load_settings
 from indexing.embeddings import BACKENDS
 from indexing.retrieval import HybridRetriever, Mode
@@ -59,28 +59,6 @@ def load_squad(path: Path, corpus: Path) -> list[Question]:
             source = f"{folder.name}/{name}"
             questions += [Question(qa["question"], source) for qa in paragraph["qas"]]
     return questions
-
-
-def paragraph_rank(sources: list[str], gold: str) -> int | None:
-    """1-based rank of `gold` among distinct sources, within DEPTH."""
-    seen: list[str] = []
-    for source in sources:
-        if source not in seen:
-            seen.append(source)
-            if source == gold:
-                return len(seen) if len(seen) <= DEPTH else None
-    return None
-
-
-def metrics(ranks: list[int | None]) -> dict[str, float]:
-    n = len(ranks)
-    return {
-        "hit@1": sum(1 for r in ranks if r is not None and r <= 1) / n,
-        "hit@5": sum(1 for r in ranks if r is not None and r <= 5) / n,
-        "hit@10": sum(1 for r in ranks if r is not None and r <= 10) / n,
-        "mrr@10": sum(1 / r for r in ranks if r is not None) / n,
-        "ndcg@10": sum(1 / math.log2(r + 1) for r in ranks if r is not None) / n,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 passages = searcher.retrieve(q.text, top_k=CHUNKS_PER_QUERY, mode=mode, query_embedding=vec)
                 latencies.append(time.perf_counter() - t0)
-                ranks.append(paragraph_rank([p.source for p in passages], q.gold))
-            results[label] = metrics(ranks) | {"search_ms_p50": 1000 * statistics.median(latencies)}
+                ranks.append(first_rank([p.source for p in passages], q.gold, DEPTH))
+            results[label] = ranking_metrics(ranks) | {"search_ms_p50": 1000 * statistics.median(latencies)}
             print(label, {k: round(v, 4) for k, v in results[label].items()}, flush=True)
 
     summary = {

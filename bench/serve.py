@@ -45,6 +45,7 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from tqdm import tqdm
 
+from bench.metrics import percentile
 from config import load_settings
 from config.settings import REPO_ROOT, ServingSettings
 from serving.command import resolve_device
@@ -218,14 +219,6 @@ def ttft_share(samples: list[Sample]) -> dict[str, float]:
         "total_p50_ms": 1000 * statistics.median(s.total_s for s in samples),
         "held_back": sum(share > HELD_BACK_SHARE for share in shares),
     }
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * pct / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 async def sweep(base_url: str, model: str, levels: list[int], context: str, stream_interval: int) -> list[Level]:

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from bench.retrieval_eval import load_squad, metrics, paragraph_rank
+from bench.metrics import first_rank, ranking_metrics
+from bench.retrieval_eval import DEPTH, load_squad
 from config.settings import IndexSettings
 from indexing import open_retriever
 from indexing.pipeline import ingest
@@ -32,10 +33,10 @@ def scores(tmp_path_factory: pytest.TempPathFactory, embed_model: Any) -> dict[s
     out = {}
     for mode in ("dense", "bm25", "hybrid"):
         ranks = [
-            paragraph_rank([p.source for p in retriever.retrieve(q.text, 20, mode=mode, query_embedding=v)], q.gold)
+            first_rank([p.source for p in retriever.retrieve(q.text, 20, mode=mode, query_embedding=v)], q.gold, DEPTH)
             for q, v in zip(questions, vectors, strict=True)
         ]
-        out[mode] = metrics(ranks)
+        out[mode] = ranking_metrics(ranks)
     print(out)
     return out
 
