@@ -27,6 +27,19 @@ def _snippet(text: str) -> str:
     return flat if len(flat) <= SNIPPET_CHARS else flat[: SNIPPET_CHARS - 1].rstrip() + "…"
 
 
+def cited_numbers(answer: str) -> list[int]:
+    """Passage numbers cited in `answer` as [n] or [n, m], in order of first citation."""
+    numbers: list[int] = []
+    for match in _CITATION.finditer(answer):
+        numbers += [n for n in map(int, match.group(1).split(",")) if n not in numbers]
+    return numbers
+
+
+def strip_citations(answer: str) -> str:
+    """`answer` without its [n] citation marks (for scoring the text against reference answers)."""
+    return " ".join(_CITATION.sub(" ", answer).split())
+
+
 class PassageRegistry:
     """Numbers passages as they enter prompts and turns citations back into sources."""
 
@@ -65,12 +78,7 @@ class PassageRegistry:
     def cited(self, answer: str) -> list[Source]:
         """Sources cited in `answer` in order of first citation; all shown ones when none is."""
         by_number = {source.id: source for source in self._sources}
-        cited: list[Source] = []
-        for match in _CITATION.finditer(answer):
-            for number in match.group(1).split(","):
-                source = by_number.get(int(number))
-                if source is not None and source not in cited:
-                    cited.append(source)
+        cited = [by_number[n] for n in cited_numbers(answer) if n in by_number]
         return cited or self.sources
 
     def _number(self, passage: Passage) -> int:

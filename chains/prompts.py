@@ -12,10 +12,13 @@ from collections.abc import Sequence
 
 from chains.results import Source
 
-SYSTEM_PROMPT = """You answer questions about the user's documents.
+NO_ANSWER_PHRASE = "the documents do not say"
+"""What SYSTEM_PROMPT tells the model to say when the passages lack the answer; `is_no_answer` finds it."""
+
+SYSTEM_PROMPT = f"""You answer questions about the user's documents.
 Each question comes with numbered passages from those documents. Answer from the passages only and \
 cite every passage you use as [1], [2], ... right after the statement it supports. If the passages \
-do not contain the answer, say that the documents do not say, in one sentence. When a question has \
+do not contain the answer, say that {NO_ANSWER_PHRASE}, in one sentence. When a question has \
 several parts and the passages cover only some of them, call search_documents once per missing \
 part. Be concise."""
 
@@ -56,6 +59,13 @@ instead of an answer:
 def question_with_context(context: str, question: str) -> str:
     """The last message of a model call: numbered passages, then the question."""
     return QUESTION_TEMPLATE.format(context=context or NO_PASSAGES, question=question)
+
+
+def is_no_answer(answer: str) -> bool:
+    """Whether `answer` gives the no-answer reply SYSTEM_PROMPT asks for ("The documents don't say ..."
+    counts too): how evaluations tell a refusal from an attempt."""
+    text = " ".join(answer.lower().replace("\u2019", "'").replace("n't", " not").split())
+    return NO_ANSWER_PHRASE in text
 
 
 def retrieval_only_answer(reason: str, sources: Sequence[Source]) -> str:
