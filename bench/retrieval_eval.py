@@ -16,15 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from bench.metrics import first_rank, ranking_metrics
+from bench.squad import SquadQuestion, read_squad, write_corpus
 from config import load_settings
 from indexing.embeddings import BACKENDS
 from indexing.retrieval import HybridRetriever, Mode
@@ -38,27 +37,11 @@ CHUNKS_PER_QUERY = 30
 RESULTS = Path(__file__).parent / "results"
 
 
-@dataclass(frozen=True)
-class Question:
-    text: str
-    gold: str
-    """Source path of the question's paragraph in the generated corpus."""
-
-
-def load_squad(path: Path, corpus: Path) -> list[Question]:
+def load_squad(path: Path, corpus: Path) -> list[SquadQuestion]:
     """Write one `# Title` Markdown file per paragraph under `corpus`; return the questions."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    questions: list[Question] = []
-    for a, article in enumerate(data["data"]):
-        title = article["title"].replace("_", " ")
-        folder = corpus / f"{a:02d}-{re.sub(r'[^A-Za-z0-9]+', '-', title).strip('-')[:40]}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for p, paragraph in enumerate(article["paragraphs"]):
-            name = f"p{p:03d}.md"
-            (folder / name).write_text(f"# {title}\n\n{paragraph['context']}\n", encoding="utf-8")
-            source = f"{folder.name}/{name}"
-            questions += [Question(qa["question"], source) for qa in paragraph["qas"]]
-    return questions
+    articles = read_squad(path)
+    write_corpus(articles, corpus)
+    return [q for article in articles for q in article.questions]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             questions = random.Random(args.seed).sample(questions, args.questions)
         settings = base.model_copy(update={"docs_dir": corpus, "index_dir": Path(tmp) / "index"})
         model = load_embedding(settings.embed_model, settings.embed_batch_size, settings.embed_backend)
-        print(f"ingesting {len({q.gold for q in questions})}+ paragraphs ...", flush=True)
+        print(f"ingesting {len({q.source for q in questions})}+ paragraphs ...", flush=True)
         report = ingest(settings, progress=None, embed_model=model)
         print(report.summary(), flush=True)
         retriever = open_retriever(settings, embed_model=model)
@@ -119,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 passages = searcher.retrieve(q.text, top_k=CHUNKS_PER_QUERY, mode=mode, query_embedding=vec)
                 latencies.append(time.perf_counter() - t0)
-                ranks.append(first_rank([p.source for p in passages], q.gold, DEPTH))
+                ranks.append(first_rank([p.source for p in passages], q.source, DEPTH))
             results[label] = ranking_metrics(ranks) | {"search_ms_p50": 1000 * statistics.median(latencies)}
             print(label, {k: round(v, 4) for k, v in results[label].items()}, flush=True)
 

@@ -334,6 +334,29 @@ class ApiSettings(_Section):
         return value
 
 
+class EvaluationSettings(_Section):
+    """`make eval`: the optional LLM judge of answer faithfulness and relevance (off by default)."""
+
+    judge_base_url: str | None = None
+    """OpenAI-compatible base URL of a judge model (any server, the local vLLM included, e.g.
+    `http://127.0.0.1:8000/v1`); unset turns the judge off."""
+    judge_model: str | None = Field(None, min_length=1, max_length=256)
+    """Model name at the judge endpoint; unset means the first model it lists."""
+    judge_api_key: SecretStr = SecretStr("EMPTY")
+    """API key sent to the judge endpoint."""
+    judge_timeout_s: float = Field(30.0, gt=0, le=600)
+    """A judge call still running after this long counts as a timeout (its score is missing, counted)."""
+    judge_max_tokens: int = Field(512, ge=16, le=8192)
+    """Most tokens of one verdict."""
+
+    @field_validator("judge_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
+
 class _ProfileYamlSource(PydanticBaseSettingsSource):
     """base.yaml overlaid with the active profile's YAML (lowest priority of all sources)."""
 
@@ -372,6 +395,7 @@ class Settings(BaseSettings):
     chains: ChainSettings = Field(default_factory=ChainSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -73,6 +73,8 @@ def test_unknown_profile_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("RAG_CACHE__SIMILARITY_THRESHOLD", "0.1", "cache.similarity_threshold"),
         ("RAG_INDEX__CHUNK_SIZE", "many", "index.chunk_size"),
         ("RAG_LLM__STREAM_INTERVAL", "0", "llm.stream_interval"),
+        ("RAG_EVALUATION__JUDGE_TIMEOUT_S", "0", "evaluation.judge_timeout_s"),
+        ("RAG_EVALUATION__JUDGE_BASE_URL", "localhost:8000/v1", "evaluation.judge_base_url"),
     ],
 )
 def test_invalid_value_names_the_field(monkeypatch: pytest.MonkeyPatch, env: str, value: str, field: str) -> None:

@@ -33,7 +33,9 @@ def scores(tmp_path_factory: pytest.TempPathFactory, embed_model: Any) -> dict[s
     out = {}
     for mode in ("dense", "bm25", "hybrid"):
         ranks = [
-            first_rank([p.source for p in retriever.retrieve(q.text, 20, mode=mode, query_embedding=v)], q.gold, DEPTH)
+            first_rank(
+                [p.source for p in retriever.retrieve(q.text, 20, mode=mode, query_embedding=v)], q.source, DEPTH
+            )
             for q, v in zip(questions, vectors, strict=True)
         ]
         out[mode] = ranking_metrics(ranks)
