@@ -51,6 +51,8 @@ Reply with JSON only, in this form:
 
 Answer: {answer}"""
 RELEVANCE_QUESTIONS = 3
+LIST_TIMEOUT_S = 10.0
+"""For listing the endpoint's models (not a verdict, so not bound by the judge timeout)."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ class Judge:
         self._max_tokens = settings.judge_max_tokens
         self._embed = embed
         self.base_url = settings.judge_base_url
-        self.model = settings.judge_model or self._client.models.list().data[0].id
+        self.model = settings.judge_model or self._client.with_options(timeout=LIST_TIMEOUT_S).models.list().data[0].id
 
     def close(self) -> None:
         self._client.close()

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from config.settings import REPO_ROOT
+
+SHIPPED_SUBSET = REPO_ROOT / "data" / "squad" / "squad-dev-v1.1-subset.json"
+"""48 paragraphs of six articles of SQuAD v1.1 dev, shipped with the project (data/squad/README.md)."""
+
 
 @dataclass(frozen=True)
 class SquadQuestion:
