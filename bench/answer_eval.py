@@ -50,7 +50,7 @@ from bench.squad import SquadArticle, SquadQuestion, read_squad, write_corpus
 from chains.context import cited_numbers, strip_citations
 from chains.prompts import is_no_answer
 from config import load_settings
-from config.settings import Settings, from_root
+from config.settings import Settings, SettingsError, from_root
 
 if TYPE_CHECKING:
     from bench.judge import Judge, Verdict
@@ -403,7 +403,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[SquadAr
 
 def main(argv: list[str] | None = None) -> int:
     args, articles = parse_args(argv)
-    settings = load_settings(args.profile)
+    try:
+        settings = load_settings(args.profile)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.judge_url:
         settings.evaluation.judge_base_url = args.judge_url
     ingested, asked = choose(articles, args.articles, args.limit, args.unanswerable, args.seed)

@@ -66,6 +66,11 @@ def test_bad_arguments_are_refused_with_a_message(
     assert message in capsys.readouterr().err
 
 
+def test_an_unknown_profile_is_refused_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--data", str(SUBSET), "--profile", "fastest"]) == 2
+    assert "unknown profile 'fastest'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
