@@ -127,9 +127,9 @@ eval-retrieval: $(VENV)/.installed ## Retrieval quality (hit@k, MRR, nDCG@10) on
 	$(PY) -m bench.retrieval_eval --squad ../shared/data/squad-dev-v1.1.json
 
 .PHONY: eval
-eval: install ## Answer quality through RagAgent on SQuAD: EM, F1, citations, hit@k, refusals (LIMIT=20 DATA=... PROFILE=... BASE_URL=...)
+eval: install ## Answer quality through RagAgent on SQuAD dev (../shared/data, else the shipped subset): EM, F1, citations, hit@k, refusals (LIMIT=20 DATA= PROFILE= BASE_URL=)
 	$(if $(BASE_URL),,$(PY) -m serving tiny-model --quiet)
-	$(PY) -m bench.answer_eval --data $(or $(DATA),../shared/data/squad-dev-v1.1.json) $(if $(LIMIT),--limit $(LIMIT)) \
+	$(PY) -m bench.answer_eval $(if $(DATA),--data $(DATA)) $(if $(LIMIT),--limit $(LIMIT)) \
 		$(if $(PROFILE),--profile $(PROFILE)) $(if $(BASE_URL),--base-url $(BASE_URL)) $(if $(OUT),--out $(OUT))
 
 bench-cache: $(VENV)/.installed ## Semantic-cache precision/hit rate over thresholds, guard effect, lookup latency (PAIRS=...)

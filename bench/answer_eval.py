@@ -46,7 +46,7 @@ from bench.metrics import (
     rate,
     token_f1,
 )
-from bench.squad import SquadArticle, SquadQuestion, read_squad, write_corpus
+from bench.squad import SHIPPED_SUBSET, SquadArticle, SquadQuestion, read_squad, write_corpus
 from chains.context import cited_numbers, strip_citations
 from chains.prompts import is_no_answer
 from config import load_settings
@@ -359,7 +359,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[SquadArticle]]:
     """The arguments and the set's articles; bad values end here with a message naming them."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="SQuAD v1.1-shaped JSON")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"SQuAD v1.1-shaped JSON (default: {DEFAULT_DATA}, else the subset shipped in data/squad/)",
+    )
     parser.add_argument("--limit", type=int, default=100, help="answerable questions asked (default 100)")
     parser.add_argument(
         "--unanswerable", type=int, default=None, help="questions of left-out articles (default: a quarter of --limit)"
@@ -385,7 +390,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[SquadAr
         parser.error(f"--unanswerable must be 0 or more, not {args.unanswerable}")
     if args.concurrency < 1:
         parser.error(f"--concurrency must be at least 1, not {args.concurrency}")
-    args.data, args.out = from_root(args.data), from_root(args.out)
+    args.out = from_root(args.out)
+    if args.data is None:
+        args.data = from_root(DEFAULT_DATA)
+        if not args.data.is_file():
+            print(f"{args.data} not found: using the shipped subset {SHIPPED_SUBSET}", file=sys.stderr)
+            args.data = SHIPPED_SUBSET
+    args.data = from_root(args.data)
     if not args.data.is_file():
         parser.error(f"{args.data} not found (SQuAD v1.1 dev: see ../shared/data/SOURCES.md; any set of its shape)")
     try:

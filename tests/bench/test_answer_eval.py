@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import BaseMessage
 
+from bench import answer_eval
 from bench.answer_eval import Asked, Row, ask_all, choose, main, summarize
 from bench.squad import SHIPPED_SUBSET as SUBSET
 from bench.squad import read_squad, write_corpus
@@ -64,6 +65,15 @@ def test_bad_arguments_are_refused_with_a_message(
         main(["--data", str(SUBSET), *args])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_without_squad_dev_the_shipped_subset_is_used(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(answer_eval, "DEFAULT_DATA", Path("no/such/squad.json"))
+    args, articles = answer_eval.parse_args([])
+    assert args.data == SUBSET and len(articles) == 6
+    assert "using the shipped subset" in capsys.readouterr().err
 
 
 def test_an_unknown_profile_is_refused_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
