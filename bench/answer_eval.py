@@ -306,12 +306,8 @@ def table(result: dict[str, Any]) -> str:
         (f"retrieval hit@{s['k']}", s["hit_at_k"], s["answerable"]),
         ("refusal rate (unanswerable)", s["refusal_rate"], s["unanswerable"]),
         ("false refusals (answerable)", s["false_refusal_rate"], s["answerable"]),
-        ("faithfulness (judge)", s["faithfulness"], result["judge"]["faithfulness"]["ok"] if result["judge"] else 0),
-        (
-            "answer relevance (judge)",
-            s["answer_relevance"],
-            result["judge"]["answer_relevance"]["ok"] if result["judge"] else 0,
-        ),
+        ("faithfulness (judge)", s["faithfulness"], _judged(result["judge"], "faithfulness")),
+        ("answer relevance (judge)", s["answer_relevance"], _judged(result["judge"], "answer_relevance")),
     ]
     lines = [
         f"Answer quality: {s['model']} ({s['model_path']}), profile {result['config']['profile']}, "
@@ -325,6 +321,14 @@ def table(result: dict[str, Any]) -> str:
     if s["model_note"]:
         lines += ["", f"Model: {s['model_note']}."]
     return "\n".join(lines)
+
+
+def _judged(judged: dict[str, Any] | None, metric: str) -> str:
+    """How many verdicts of a judge metric counted, and what became of the others."""
+    if judged is None:
+        return "judge off"
+    c = judged[metric]
+    return f"{c['ok']} of {c['n']} ({c['nan']} NaN, {c['timeout']} timeouts, {c['error']} errors)"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
