@@ -55,12 +55,24 @@ from config.settings import Settings, SettingsError, from_root
 if TYPE_CHECKING:
     from bench.judge import Judge, Verdict
     from chains import RagAgent, TurnResult
-    from indexing.retrieval import HybridRetriever
+    from indexing.retrieval import HybridRetriever, Passage
 
 DEFAULT_DATA = Path("../shared/data/squad-dev-v1.1.json")
 DEFAULT_OUT = Path("bench/results/eval.json")
 QUESTIONS_PER_ARTICLE = 10
 """Default corpus size: one article ingested per this many answerable questions (at most half the set)."""
+RATES = (
+    "exact_match",
+    "f1",
+    "contains_gold",
+    "citation_accuracy",
+    "hit_at_k",
+    "refusal_rate",
+    "false_refusal_rate",
+    "faithfulness",
+    "answer_relevance",
+)
+"""The summary's scores between 0 and 1 (the plot's bars)."""
 TINY_MODEL_MARKER = "tiny_model.json"
 """Written by serving.tiny_model into the offline model's folder (how it was built)."""
 
@@ -83,7 +95,8 @@ class Row:
     cited_passages: tuple[str, ...] = ()
     gold_rank: int | None = None
     retrieved: tuple[str, ...] = ()
-    """Texts of the top-k passages retrieval returned for the question (the judge's context)."""
+    """Texts of the top-k passages retrieved for the question: the judge's context (the prompt held
+    those of them that fit `chains.context_token_budget`)."""
     total_s: float | None = None
     ttft_s: float | None = None
     completion_tokens: int = 0
@@ -102,7 +115,7 @@ class Row:
             return dict.fromkeys(("exact_match", "f1", "contains_gold", "citation_correct"), None) | {
                 "refused": self.refused
             }
-        text = strip_citations(self.answer)
+        text = "" if self.failed else strip_citations(self.answer)  # a failed turn's text is no answer
         return {
             "exact_match": exact_match(text, golds),
             "f1": token_f1(text, golds),
@@ -149,13 +162,13 @@ def choose(
     return [articles[a] for a in ingested], asked
 
 
-def passages_for(retriever: HybridRetriever, asked: list[Asked], k: int) -> dict[str, list[Any]]:
+def passages_for(retriever: HybridRetriever, asked: list[Asked], k: int) -> dict[str, list[Passage]]:
     """Top-k retrieval per question (the agent's retriever and settings), by question id."""
     return {a.question.id: retriever.retrieve(a.question.text, k) for a in asked}
 
 
 def cited_texts(
-    retriever: HybridRetriever, question: str, result: TurnResult, numbers: list[int], shown: list[Any]
+    retriever: HybridRetriever, question: str, result: TurnResult, numbers: list[int], shown: list[Passage]
 ) -> tuple[str, ...]:
     """Full texts of the passages the answer cites as [n] (sources carry only a snippet)."""
     by_id = {p.node_id: p.text for p in shown}
@@ -338,17 +351,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     s = result["summary"]
-    names = [
-        "exact_match",
-        "f1",
-        "contains_gold",
-        "citation_accuracy",
-        "hit_at_k",
-        "refusal_rate",
-        "false_refusal_rate",
-        "faithfulness",
-        "answer_relevance",
-    ]
+    names = list(RATES)
     values = [s[n] if s[n] is not None else 0.0 for n in names]
     fig, ax = plt.subplots(figsize=(8, 4))
     bars = ax.barh(names[::-1], values[::-1])

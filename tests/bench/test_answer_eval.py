@@ -190,3 +190,13 @@ def test_rows_of_unanswerable_questions_carry_no_answer_scores() -> None:
     row = Row(Asked(question, False), answer="The documents don't say.", refused=True)
     assert row.to_dict(5)["f1"] is None and row.to_dict(5)["refused"] is True
     assert row.to_dict(5)["hit@5"] is None
+
+
+def test_a_failed_turn_scores_as_no_answer_even_when_its_text_holds_the_gold() -> None:
+    question = read_squad(SUBSET)[0].questions[0]
+    listed = f"The language model is unavailable, here are the passages: {question.answers[0]} [1]"
+    row = Row(Asked(question, True), answer=listed, failed="retrieval only: connection refused")
+    scores = row.scores()
+    assert (scores["exact_match"], scores["f1"], scores["contains_gold"]) == (0.0, 0.0, False)
+    ok = Row(Asked(question, True), answer=f"{question.answers[0]} [1]")
+    assert ok.scores()["exact_match"] == 1.0  # the same text, not failed, scores
