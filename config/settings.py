@@ -220,6 +220,10 @@ class IndexSettings(_Section):
     """Hybrid merge: `convex` (weighted scores; beat both halves on SQuAD) or `rrf` (reciprocal rank fusion)."""
     dense_weight: float = Field(0.5, ge=0.0, le=1.0)
     """Convex fusion: weight of the cosine similarity; BM25, scaled by the query's best BM25 score, gets the rest."""
+    state_url: SecretStr | None = None
+    """PostgreSQL holding the ingest lock across hosts; filled from `state.postgres_url` in shared mode."""
+    lock_wait_s: float = Field(600.0, ge=0, le=86400)
+    """Shared mode: how long an ingest waits for another one's lock before giving up."""
 
     @model_validator(mode="after")
     def _consistent(self) -> IndexSettings:
@@ -300,6 +304,13 @@ class CacheSettings(_Section):
     """A hit must beat the next different cached question by this much cosine; closer calls are misses."""
     verify_with_model: bool = False
     """Ask the served model to confirm each hit (one short extra model call per hit; worth it on a real model)."""
+    state_url: SecretStr | None = None
+    """PostgreSQL holding the cached answers (vectors on the Chroma server); filled from `state.postgres_url`
+    in shared mode, unset in embedded mode (sqlite + faiss under `dir`)."""
+    chroma_host: str = "127.0.0.1"
+    """Chroma server holding the cached questions' vectors in shared mode (copied from `index`)."""
+    chroma_port: int = Field(8001, ge=1, le=65535)
+    """Its port (copied from `index.chroma_port` in shared mode)."""
 
 
 class ApiSettings(_Section):
@@ -331,6 +342,24 @@ class ApiSettings(_Section):
     def _inside_docs_dir(cls, value: Path) -> Path:
         if value.is_absolute() or ".." in value.parts:
             raise ValueError("must be a relative folder inside index.docs_dir (no '..')")
+        return value
+
+
+class StateSettings(_Section):
+    """Where shared state lives: on local disk for one process, or on servers every replica reaches."""
+
+    mode: Literal["embedded", "shared"] = "embedded"
+    """`embedded`: SQLite files, embedded Chroma, a local cache folder (one API/UI process per data folder).
+    `shared`: PostgreSQL (conversations, turns, feedback, ingest lock, cache rows) and a Chroma server
+    (documents, cache vectors), so several API/UI replicas and hosts serve one state. See docs/scaling.md."""
+    postgres_url: SecretStr | None = None
+    """`postgresql://USER[:PASSWORD]@HOST:PORT/DB`, required in shared mode (`make postgres-start` prints one)."""
+
+    @field_validator("postgres_url")
+    @classmethod
+    def _postgres_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql://USER@HOST:PORT/DB URL")
         return value
 
 
@@ -372,6 +401,7 @@ class Settings(BaseSettings):
     chains: ChainSettings = Field(default_factory=ChainSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -397,6 +427,28 @@ class Settings(BaseSettings):
             self.llm.base_url = f"{loopback_url(self.serving.host, self.serving.port)}/v1"
         if self.llm.model is None:
             self.llm.model = self.serving.served_model_name
+        return self
+
+
+    @model_validator(mode="after")
+    def _place_state(self) -> Settings:
+        """`state.mode` is the one switch: shared mode points the index lock and the cache at PostgreSQL
+        and Chroma at its server; embedded mode clears what shared mode would fill."""
+        if self.state.mode == "embedded":
+            self.index.state_url = None
+            self.cache.state_url = None
+            return self
+        if self.state.postgres_url is None:
+            raise ValueError("state.postgres_url is required when state.mode is 'shared' (postgresql://USER@HOST:PORT/DB)")
+        if self.index.chroma_mode == "embedded" and "chroma_mode" in self.index.model_fields_set:
+            raise ValueError(
+                "state.mode 'shared' needs the Chroma server: index.chroma_mode must be 'http' (or left unset), "
+                "an embedded Chroma folder has one writing process"
+            )
+        self.index.chroma_mode = "http"
+        self.index.state_url = self.state.postgres_url
+        self.cache.state_url = self.state.postgres_url
+        self.cache.chroma_host, self.cache.chroma_port = self.index.chroma_host, self.index.chroma_port
         return self
 
 

@@ -32,7 +32,7 @@ from indexing.chunking import CHUNKER_VERSION, Chunker, effective_chunk_size, mo
 from indexing.docstore import ChunkRow, DocRecord, DocStore, Inflight
 from indexing.errors import UnreadableFileError
 from indexing.layout import FolderState, IndexLayout
-from indexing.lock import WriterLock
+from indexing.lock import writer_lock
 from indexing.manifest import Manifest, content_version, now_iso, read_manifest_for_model, write_manifest
 from indexing.metadata import CHUNK, DOC_HASH, SOURCE
 from indexing.progress import EmbedWithProgress, IngestProgress
@@ -74,7 +74,7 @@ def ingest(
     if layout.state() is FolderState.FOREIGN:
         raise layout.foreign_error()
     layout.root.mkdir(parents=True, exist_ok=True)
-    with WriterLock(layout.lock):
+    with writer_lock(settings, layout):
         run = _IngestRun(settings, layout, embed_model, progress, on_stage)
         roots = [Path(os.path.abspath(p)) for p in paths] if paths else [settings.docs_dir]
         return run.run(roots, prune)
