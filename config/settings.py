@@ -429,7 +429,6 @@ class Settings(BaseSettings):
             self.llm.model = self.serving.served_model_name
         return self
 
-
     @model_validator(mode="after")
     def _place_state(self) -> Settings:
         """`state.mode` is the one switch: shared mode points the index lock and the cache at PostgreSQL
@@ -439,7 +438,9 @@ class Settings(BaseSettings):
             self.cache.state_url = None
             return self
         if self.state.postgres_url is None:
-            raise ValueError("state.postgres_url is required when state.mode is 'shared' (postgresql://USER@HOST:PORT/DB)")
+            raise ValueError(
+                "state.postgres_url is required when state.mode is 'shared' (postgresql://USER@HOST:PORT/DB)"
+            )
         if self.index.chroma_mode == "embedded" and "chroma_mode" in self.index.model_fields_set:
             raise ValueError(
                 "state.mode 'shared' needs the Chroma server: index.chroma_mode must be 'http' (or left unset), "
