@@ -19,6 +19,10 @@ Why it looks the way it does:
   the caller: one warning, the scope folder is moved to `corrupt/`, and the next call starts empty.
 * One lock serialises access to the stores (sqlite session and faiss index are not thread-safe);
   the embedding runs outside it. One process should own a cache folder.
+* Shared mode (`shared=SharedServers(...)`): each scope's rows live in PostgreSQL and its vectors
+  in a Chroma server collection, so every API replica answers from what any replica stored. A
+  failing store is then dropped and reopened on the next call (nothing local to move aside), and
+  `max_scopes` is not enforced (old scopes' tables stay until `clear()`).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import numpy as np
 
 from chains.cache.embedding import EmbeddingError, QuestionEmbedding
 from chains.cache.guards import ALL_GUARDS, GuardName, rejection
-from chains.cache.storage import Candidate, ScopeStore
+from chains.cache.storage import SHARED_TABLE_PREFIX, Candidate, ScopeStore, SharedServers
 from chains.cache.verifier import Verifier
 
 if TYPE_CHECKING:
@@ -127,6 +131,7 @@ class SemanticCache:
         flush_every: int = 64,
         flush_interval_s: float = 30.0,
         clock: Callable[[], float] = time.time,
+        shared: SharedServers | None = None,
     ) -> None:
         if not 0.0 < similarity_threshold <= 1.0:
             raise ValueError(f"similarity_threshold must be in (0, 1], got {similarity_threshold}")
@@ -158,6 +163,8 @@ class SemanticCache:
         self._clock = clock
         self._lock = threading.RLock()
         self._stores: dict[str, ScopeStore] = {}
+        self._shared = shared
+        self._chroma: Any = None  # the Chroma server client in shared mode, opened on first use
         self._hits = 0
         self._misses = 0
         self._time_saved_s = 0.0
@@ -178,6 +185,10 @@ class SemanticCache:
         """
         from indexing.embeddings import load_embedding
 
+        shared = None
+        if settings.state_url is not None:
+            url = "postgresql+psycopg://" + settings.state_url.get_secret_value().split("://", 1)[1]
+            shared = SharedServers(url, settings.chroma_host, settings.chroma_port)
         return cls(
             settings.dir,
             load_embedding(embed_model_name, embed_batch_size, embed_backend),
@@ -191,6 +202,7 @@ class SemanticCache:
             max_scopes=settings.max_scopes,
             ambiguity_margin=settings.ambiguity_margin,
             verifier=verifier,
+            shared=shared,
         )
 
     def lookup(self, question: str, scope: CacheScope) -> Lookup:
@@ -257,6 +269,8 @@ class SemanticCache:
         """Drop every cached answer of every scope, and quarantined stores (counters keep running)."""
         with self._lock:
             self._close_all()
+            if self._shared is not None:
+                self._clear_shared()
             for sub in ("scopes", "corrupt"):
                 shutil.rmtree(self.directory / sub, ignore_errors=True)
 
@@ -327,6 +341,16 @@ class SemanticCache:
         store = self._stores.get(key)
         if store is not None:
             return store
+        options = {
+            "top_k": self._top_k,
+            "max_entries": self._max_entries,
+            "flush_every": self._flush_every,
+            "flush_interval_s": self._flush_interval_s,
+        }
+        if self._shared is not None:
+            store = ScopeStore.shared(self._shared, self._chroma_client(), key, **options)
+            self._stores[key] = store
+            return store
         path = self.directory / "scopes" / key
         fresh = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
@@ -335,14 +359,7 @@ class SemanticCache:
         )
         if fresh:
             self._prune_scopes(keep=key)
-        store = ScopeStore(
-            path,
-            self._embed.dimension,
-            top_k=self._top_k,
-            max_entries=self._max_entries,
-            flush_every=self._flush_every,
-            flush_interval_s=self._flush_interval_s,
-        )
+        store = ScopeStore.local(path, self._embed.dimension, **options)
         self._stores[key] = store
         return store
 
@@ -354,6 +371,14 @@ class SemanticCache:
                 store.abandon()
             except Exception:  # releasing a broken store may fail too; it is being discarded
                 log.debug("releasing a broken cache store failed", exc_info=True)
+        if self._shared is not None:
+            log.warning(
+                "semantic cache %s failed (%s: %s); answering uncached, the store is reopened on the next call",
+                action,
+                type(exc).__name__,
+                exc,
+            )
+            return
         source = self.directory / "scopes" / key
         target = self.directory / "corrupt" / f"{key}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         try:
@@ -393,7 +418,52 @@ class SemanticCache:
                 log.warning("semantic cache: closing %s failed (%s: %s)", store.path, type(exc).__name__, exc)
         self._stores.clear()
 
+    def _chroma_client(self) -> Any:
+        if self._chroma is None:
+            import chromadb
+            from chromadb.config import Settings as ChromaSettings
+
+            assert self._shared is not None
+            self._chroma = chromadb.HttpClient(
+                host=self._shared.chroma_host,
+                port=self._shared.chroma_port,
+                settings=ChromaSettings(anonymized_telemetry=False),
+            )
+        return self._chroma
+
+    def _shared_tables(self, conn: Any) -> list[str]:
+        """The scope keys with tables in PostgreSQL."""
+        import sqlalchemy as sa
+
+        names = sa.inspect(conn).get_table_names()
+        suffix = "_question"
+        return [
+            n[len(SHARED_TABLE_PREFIX) : -len(suffix)]
+            for n in names
+            if n.startswith(SHARED_TABLE_PREFIX) and n.endswith(suffix)
+        ]
+
+    def _clear_shared(self) -> None:
+        """Drop every scope's tables and vector collection (what every replica shares)."""
+        import sqlalchemy as sa
+
+        assert self._shared is not None
+        engine = sa.create_engine(self._shared.sql_url)
+        try:
+            with engine.begin() as conn:
+                for key in self._shared_tables(conn):
+                    for part in ("question", "answer", "session", "question_dep", "report"):
+                        conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{SHARED_TABLE_PREFIX}{key}_{part}"')
+                    try:
+                        self._chroma_client().delete_collection(f"{SHARED_TABLE_PREFIX.rstrip('_')}-{key}")
+                    except Exception:  # a collection never created (no vector stored yet)
+                        log.debug("no vector collection for cache scope %s", key, exc_info=True)
+        finally:
+            engine.dispose()
+
     def _count_entries(self) -> int:
+        if self._shared is not None:
+            return self._count_shared()
         total = 0
         scopes = self.directory / "scopes"
         for db in scopes.glob("*/sqlite.db") if scopes.exists() else []:
@@ -403,6 +473,24 @@ class SemanticCache:
             except sqlite3.Error:
                 continue  # a corrupt store counts as empty; the next access quarantines it
         return total
+
+    def _count_shared(self) -> int:
+        import sqlalchemy as sa
+
+        assert self._shared is not None
+        engine = sa.create_engine(self._shared.sql_url)
+        try:
+            with engine.connect() as conn:
+                return sum(
+                    int(
+                        conn.exec_driver_sql(
+                            f'SELECT count(*) FROM "{SHARED_TABLE_PREFIX}{key}_question" WHERE deleted = 0'
+                        ).scalar_one()
+                    )
+                    for key in self._shared_tables(conn)
+                )
+        finally:
+            engine.dispose()
 
     def _scope_key(self, scope: CacheScope) -> str:
         blob = json.dumps({"embed_model": self.embed_model_name, **asdict(scope)}, sort_keys=True)
