@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from app.errors import NotFoundError
 from chains.results import Source, Timings
-from config.settings import Settings
+from config.settings import Settings, sqlalchemy_url
 
 _META = sa.MetaData()
 _CONVERSATIONS = sa.Table(
@@ -106,11 +106,6 @@ def store_url(settings: Settings) -> str:
     if settings.state.mode == "shared" and settings.state.postgres_url is not None:
         return sqlalchemy_url(settings.state.postgres_url.get_secret_value())
     return f"sqlite:///{settings.api.store_db}"
-
-
-def sqlalchemy_url(postgres_url: str) -> str:
-    """`postgresql://...` as SQLAlchemy spells it with the psycopg 3 driver."""
-    return "postgresql+psycopg://" + postgres_url.split("://", 1)[1]
 
 
 class ChatStore:

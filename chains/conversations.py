@@ -66,7 +66,7 @@ async def open_postgres_checkpointer(url: str) -> BaseCheckpointSaver[Any]:
     )
     try:
         await pool.open(wait=True, timeout=15)
-        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]  # a pool is one of its documented Conn types
+        saver = AsyncPostgresSaver(pool)  # a pool is one of its Conn types: turns of several conversations at once
         await saver.setup()
     except (PgError, TimeoutError) as exc:
         await pool.close()

@@ -345,6 +345,11 @@ class ApiSettings(_Section):
         return value
 
 
+def sqlalchemy_url(postgres_url: str) -> str:
+    """A `postgresql://` URL as SQLAlchemy spells it with the psycopg 3 driver."""
+    return "postgresql+psycopg://" + postgres_url.split("://", 1)[1]
+
+
 class StateSettings(_Section):
     """Where shared state lives: on local disk for one process, or on servers every replica reaches."""
 

@@ -40,7 +40,7 @@ class WriterLock:
             os.close(fd)
             raise IndexLockedError(
                 f"the index at {self.path.parent} is being written by another ingest ({holder}); "
-                "wait for it to finish. Several writers need Chroma in server mode (index.chroma_mode=http)."
+                "wait for it to finish. Writers on several processes or hosts need shared mode (state.mode=shared)."
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {now_iso()}\n".encode())

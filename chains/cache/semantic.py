@@ -183,11 +183,12 @@ class SemanticCache:
 
         Pass `verifier=model_verifier(chat_model)` when `settings.verify_with_model` is on.
         """
+        from config.settings import sqlalchemy_url
         from indexing.embeddings import load_embedding
 
         shared = None
         if settings.state_url is not None:
-            url = "postgresql+psycopg://" + settings.state_url.get_secret_value().split("://", 1)[1]
+            url = sqlalchemy_url(settings.state_url.get_secret_value())
             shared = SharedServers(url, settings.chroma_host, settings.chroma_port)
         return cls(
             settings.dir,
@@ -341,7 +342,7 @@ class SemanticCache:
         store = self._stores.get(key)
         if store is not None:
             return store
-        options = {
+        options: dict[str, Any] = {
             "top_k": self._top_k,
             "max_entries": self._max_entries,
             "flush_every": self._flush_every,

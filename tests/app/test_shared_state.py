@@ -21,15 +21,15 @@ import chromadb
 import httpx
 import pytest
 
-from app.store import ChatStore, sqlalchemy_url
-from config.settings import REPO_ROOT
+from app.store import ChatStore
+from config.settings import REPO_ROOT, sqlalchemy_url
 from indexing.docstore import DocStore
 from indexing.layout import IndexLayout
 from indexing.manifest import read_manifest
 from serving.launch import free_port
 from tests.app.api_server import API_KEY
 from tests.llm_server import LLMServer
-from tests.shared_servers import chroma_server, postgres_server
+from tests.shared_servers import chroma_server
 
 pytestmark = [pytest.mark.integration]
 
@@ -120,11 +120,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+def shared(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Shared]:
     root = tmp_path_factory.mktemp("shared")
     shutil.copytree(REPO_ROOT / "data" / "docs" / "user-guide", root / "docs" / "user-guide")
-    with postgres_server() as url, chroma_server(root / "chroma") as port:
-        yield Shared(url, port, root)
+    with chroma_server(root / "chroma") as port:
+        yield Shared(postgres_url, port, root)
 
 
 @pytest.fixture(scope="module")
