@@ -15,7 +15,7 @@ from config.settings import sqlalchemy_url
 from tests.shared_servers import fresh_database
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChatStore]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'nested' / 'app.sqlite'}"

@@ -44,6 +44,7 @@ def test_lock_on_a_fresh_folder_does_not_make_it_foreign(tmp_path: Path) -> None
         assert layout.state().value == "empty"
 
 
+@pytest.mark.integration
 def test_shared_lock_makes_a_second_ingest_wait_then_names_the_holder(
     settings: IndexSettings, run_ingest: Callable[..., IngestReport], postgres_url: str
 ) -> None:
@@ -58,6 +59,7 @@ def test_shared_lock_makes_a_second_ingest_wait_then_names_the_holder(
     assert not IndexLayout(Path(settings.index_dir)).lock.exists()  # no lock file in shared mode
 
 
+@pytest.mark.integration
 def test_shared_lock_is_freed_when_its_holder_is_killed(postgres_url: str) -> None:
     holder = subprocess.Popen(
         [
