@@ -106,7 +106,7 @@ class ChatService:
         except BaseException:
             agent.close()
             raise
-        return cls(settings, agent, store, DocumentLibrary(settings, embed_model))
+        return cls(settings, agent, store, DocumentLibrary(settings, embed_model, store))
 
     def close(self) -> None:
         """Finish a running ingest, then close the agent and the store (idempotent)."""

@@ -65,6 +65,15 @@ _FEEDBACK = sa.Table(
     ),
 )
 
+_JOBS = sa.Table(
+    "ingest_jobs",
+    _META,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
 TITLE_CHARS = 80
 MAX_COMMENT_CHARS = 2000
 
@@ -247,6 +256,27 @@ class ChatStore:
             }
             for r in rows
         ]
+
+    def save_job(self, job_id: str, state: str, body: dict[str, Any], created_at: float) -> None:
+        """Store an ingest job's latest snapshot (JSON), so any replica can answer for it."""
+        values = {"state": state, "body": json.dumps(body), "created_at": created_at}
+        insert = self._insert(_JOBS).values(id=job_id, **values)
+        with self._engine.begin() as conn:
+            conn.execute(
+                insert.on_conflict_do_update(index_elements=["id"], set_={k: insert.excluded[k] for k in values})
+            )
+
+    def load_job(self, job_id: str) -> dict[str, Any] | None:
+        with self._engine.connect() as conn:
+            body = conn.execute(sa.select(_JOBS.c.body).where(_JOBS.c.id == job_id)).scalar_one_or_none()
+        return None if body is None else dict(json.loads(body))
+
+    def prune_jobs(self, keep: int, finished: Sequence[str]) -> None:
+        """Delete all but the `keep` newest jobs in a `finished` state."""
+        j = _JOBS
+        newest = sa.select(j.c.id).where(j.c.state.in_(finished)).order_by(j.c.created_at.desc()).limit(keep)
+        with self._engine.begin() as conn:
+            conn.execute(sa.delete(j).where(j.c.state.in_(finished), j.c.id.not_in(newest.scalar_subquery())))
 
     def _insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT, which has `on_conflict_do_update` (same API in SQLite and PostgreSQL)."""
