@@ -62,3 +62,12 @@ def postgres_url() -> Iterator[str]:
 
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def chroma_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real Chroma server (`chroma run`, loopback) for the whole session."""
+    from tests.shared_servers import chroma_server
+
+    with chroma_server(tmp_path_factory.mktemp("chroma-session")) as port:
+        yield port

@@ -45,7 +45,7 @@ import numpy as np
 
 from chains.cache.embedding import EmbeddingError, QuestionEmbedding
 from chains.cache.guards import ALL_GUARDS, GuardName, rejection
-from chains.cache.storage import SHARED_TABLE_PREFIX, Candidate, ScopeStore, SharedServers
+from chains.cache.storage import Candidate, ScopeStore, SharedScopes, SharedServers
 from chains.cache.verifier import Verifier
 
 if TYPE_CHECKING:
@@ -164,7 +164,8 @@ class SemanticCache:
         self._lock = threading.RLock()
         self._stores: dict[str, ScopeStore] = {}
         self._shared = shared
-        self._chroma: Any = None  # the Chroma server client in shared mode, opened on first use
+        self._chroma: Any = None  # shared mode: the Chroma server client and the scope registry,
+        self._scopes: SharedScopes | None = None  # opened on first use
         self._hits = 0
         self._misses = 0
         self._time_saved_s = 0.0
@@ -271,7 +272,8 @@ class SemanticCache:
         with self._lock:
             self._close_all()
             if self._shared is not None:
-                self._clear_shared()
+                chroma, scopes = self._shared_parts()
+                scopes.drop_all(chroma)
             for sub in ("scopes", "corrupt"):
                 shutil.rmtree(self.directory / sub, ignore_errors=True)
 
@@ -291,6 +293,9 @@ class SemanticCache:
         sqlite at the next open (nothing committed is lost)."""
         with self._lock:
             self._close_all()
+            if self._scopes is not None:
+                self._scopes.close()
+            self._chroma, self._scopes = None, None
 
     # -- internals -------------------------------------------------------------------------
 
@@ -349,7 +354,8 @@ class SemanticCache:
             "flush_interval_s": self._flush_interval_s,
         }
         if self._shared is not None:
-            store = ScopeStore.shared(self._shared, self._chroma_client(), key, **options)
+            chroma, scopes = self._shared_parts()
+            store = ScopeStore.shared(self._shared, chroma, key, scopes.collection(key), **options)
             self._stores[key] = store
             return store
         path = self.directory / "scopes" / key
@@ -419,8 +425,8 @@ class SemanticCache:
                 log.warning("semantic cache: closing %s failed (%s: %s)", store.path, type(exc).__name__, exc)
         self._stores.clear()
 
-    def _chroma_client(self) -> Any:
-        if self._chroma is None:
+    def _shared_parts(self) -> tuple[Any, SharedScopes]:
+        if self._chroma is None or self._scopes is None:
             import chromadb
             from chromadb.config import Settings as ChromaSettings
 
@@ -430,41 +436,12 @@ class SemanticCache:
                 port=self._shared.chroma_port,
                 settings=ChromaSettings(anonymized_telemetry=False),
             )
-        return self._chroma
-
-    def _shared_tables(self, conn: Any) -> list[str]:
-        """The scope keys with tables in PostgreSQL."""
-        import sqlalchemy as sa
-
-        names = sa.inspect(conn).get_table_names()
-        suffix = "_question"
-        return [
-            n[len(SHARED_TABLE_PREFIX) : -len(suffix)]
-            for n in names
-            if n.startswith(SHARED_TABLE_PREFIX) and n.endswith(suffix)
-        ]
-
-    def _clear_shared(self) -> None:
-        """Drop every scope's tables and vector collection (what every replica shares)."""
-        import sqlalchemy as sa
-
-        assert self._shared is not None
-        engine = sa.create_engine(self._shared.sql_url)
-        try:
-            with engine.begin() as conn:
-                for key in self._shared_tables(conn):
-                    for part in ("question", "answer", "session", "question_dep", "report"):
-                        conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{SHARED_TABLE_PREFIX}{key}_{part}"')
-                    try:
-                        self._chroma_client().delete_collection(f"{SHARED_TABLE_PREFIX.rstrip('_')}-{key}")
-                    except Exception:  # a collection never created (no vector stored yet)
-                        log.debug("no vector collection for cache scope %s", key, exc_info=True)
-        finally:
-            engine.dispose()
+            self._scopes = SharedScopes(self._shared)
+        return self._chroma, self._scopes
 
     def _count_entries(self) -> int:
         if self._shared is not None:
-            return self._count_shared()
+            return self._shared_parts()[1].entries()
         total = 0
         scopes = self.directory / "scopes"
         for db in scopes.glob("*/sqlite.db") if scopes.exists() else []:
@@ -474,24 +451,6 @@ class SemanticCache:
             except sqlite3.Error:
                 continue  # a corrupt store counts as empty; the next access quarantines it
         return total
-
-    def _count_shared(self) -> int:
-        import sqlalchemy as sa
-
-        assert self._shared is not None
-        engine = sa.create_engine(self._shared.sql_url)
-        try:
-            with engine.connect() as conn:
-                return sum(
-                    int(
-                        conn.exec_driver_sql(
-                            f'SELECT count(*) FROM "{SHARED_TABLE_PREFIX}{key}_question" WHERE deleted = 0'
-                        ).scalar_one()
-                    )
-                    for key in self._shared_tables(conn)
-                )
-        finally:
-            engine.dispose()
 
     def _scope_key(self, scope: CacheScope) -> str:
         blob = json.dumps({"embed_model": self.embed_model_name, **asdict(scope)}, sort_keys=True)

@@ -129,19 +129,19 @@ class ScopeStore:
         return cls(str(path), sql, vectors, top_k=top_k, **options)
 
     @classmethod
-    def shared(cls, servers: SharedServers, chroma: Any, key: str, *, top_k: int, **options: Any) -> ScopeStore:
-        """Rows in PostgreSQL, vectors in the Chroma server (`chroma`: its HttpClient)."""
+    def shared(
+        cls, servers: SharedServers, chroma: Any, key: str, collection: str, *, top_k: int, **options: Any
+    ) -> ScopeStore:
+        """Rows in PostgreSQL, vectors in the Chroma server's `collection` (`chroma`: its HttpClient)."""
         sql = _sql_storage(servers.sql_url, f"{SHARED_TABLE_PREFIX}{key}")
         try:
-            collection = chroma.get_or_create_collection(
-                f"{SHARED_TABLE_PREFIX.rstrip('_')}-{key}",
-                configuration={"hnsw": {"space": "cosine"}},
-                embedding_function=None,
+            vectors = chroma.get_or_create_collection(
+                collection, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
             )
         except BaseException:
             sql.close()
             raise
-        return cls(f"{servers.sql_url.split('@')[-1]}/{key}", sql, _ChromaVectors(collection), top_k=top_k, **options)
+        return cls(f"{servers.sql_url.split('@')[-1]}/{key}", sql, _ChromaVectors(vectors), top_k=top_k, **options)
 
     @property
     def path(self) -> str:
@@ -296,6 +296,73 @@ def _faiss_index(path: str, dimension: int, top_k: int) -> Any:
             self._detached = True
 
     return Index()
+
+
+_GPTCACHE_TABLES = ("question", "answer", "session", "question_dep", "report")
+
+
+class SharedScopes:
+    """The shared scopes, registered in PostgreSQL with the Chroma collection that holds each one's vectors.
+
+    The collection name carries a random suffix chosen by whoever registers the scope first, so
+    rows and vectors always belong together: a scope recreated after `drop` (or a PostgreSQL
+    database reset under a Chroma server that kept its data) gets a new, empty collection instead of
+    old vectors whose ids now name other rows.
+    """
+
+    def __init__(self, servers: SharedServers) -> None:
+        import sqlalchemy as sa
+
+        self._engine = sa.create_engine(servers.sql_url)
+        self._table = sa.Table(
+            f"{SHARED_TABLE_PREFIX}scopes",
+            sa.MetaData(),
+            sa.Column("key", sa.Text, primary_key=True),
+            sa.Column("collection", sa.Text, nullable=False),
+        )
+        self._table.create(self._engine, checkfirst=True)
+
+    def collection(self, key: str) -> str:
+        """The scope's vector collection, registering the scope if it is new."""
+        import uuid
+
+        import sqlalchemy as sa
+        from sqlalchemy.dialects.postgresql import insert
+
+        name = f"{SHARED_TABLE_PREFIX.rstrip('_')}-{key}-{uuid.uuid4().hex[:8]}"
+        with self._engine.begin() as conn:
+            conn.execute(insert(self._table).values(key=key, collection=name).on_conflict_do_nothing())
+            return str(conn.execute(sa.select(self._table.c.collection).where(self._table.c.key == key)).scalar_one())
+
+    def entries(self) -> int:
+        """Live cached answers over every scope."""
+        import sqlalchemy as sa
+
+        total = 0
+        with self._engine.connect() as conn:
+            names = set(sa.inspect(conn).get_table_names())
+            for key in conn.execute(sa.select(self._table.c.key)).scalars():
+                table = f"{SHARED_TABLE_PREFIX}{key}_question"
+                if table in names:
+                    total += int(conn.exec_driver_sql(f'SELECT count(*) FROM "{table}" WHERE deleted = 0').scalar_one())
+        return total
+
+    def drop_all(self, chroma: Any) -> None:
+        """Delete every scope's rows, tables and vector collection."""
+        import sqlalchemy as sa
+
+        with self._engine.begin() as conn:
+            for key, collection in conn.execute(sa.select(self._table.c.key, self._table.c.collection)).all():
+                for part in _GPTCACHE_TABLES:
+                    conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{SHARED_TABLE_PREFIX}{key}_{part}"')
+                conn.execute(sa.delete(self._table).where(self._table.c.key == key))
+                try:
+                    chroma.delete_collection(collection)
+                except Exception:  # never created: the scope stored no vector yet
+                    continue
+
+    def close(self) -> None:
+        self._engine.dispose()
 
 
 class _ChromaVectors:
