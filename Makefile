@@ -158,5 +158,9 @@ bench-followups: install ## Follow-up rewrites: hit@5 of original / rewrite / bo
 bench-embed: $(VENV)/.installed ## Embedding backends: single-query latency, batch throughput, agreement, SQuAD quality
 	$(PY) -m bench.embeddings --pairs ../shared/data/cache_pairs.json --squad ../shared/data/squad-dev-v1.1.json
 
+.PHONY: bench-shared-state
+bench-shared-state: $(VENV)/.installed ## Shared vs embedded state: cache hit/store and turn-store latency, interleaved (needs postgres-start + chroma-server)
+	$(PY) -m bench.shared_state --postgres-url postgresql://rag@127.0.0.1:$(PG_PORT)/rag --chroma-port $(CHROMA_PORT)
+
 clean: ## Remove built models and runtime data (keeps environments and sample docs)
 	rm -rf models/tiny-chat data/index data/cache data/conversations.sqlite data/app.sqlite* .run
