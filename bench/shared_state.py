@@ -21,6 +21,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +63,12 @@ def main() -> None:
         for i, pair in enumerate(pairs):
             for mode in MODES if i % 2 else reversed(MODES):
                 cache, store = caches[mode], stores[mode]
-                timed(timings, f"cache store ({mode})", lambda c=cache, p=pair: c.store(p["origin"], scope, answer()))
-                found = timed(
-                    timings, f"cache hit ({mode})", lambda c=cache, p=pair: c.lookup(p["similar"] + " ", scope)
-                )
+                timed(timings, f"cache store ({mode})", partial(cache.store, pair["origin"], scope, answer()))
+                found = timed(timings, f"cache hit ({mode})", partial(cache.lookup, pair["similar"], scope))
                 hits[mode] += found.hit is not None
                 conversation = f"bench-{uuid.uuid4().hex}"
-                timed(timings, f"turn record+read ({mode})", lambda s=store, c=conversation: record_and_read(s, c))
-            timed(timings, "bare embedding", lambda p=pair: model.get_query_embedding(p["similar"] + "  "))
+                timed(timings, f"turn record+read ({mode})", partial(record_and_read, store, conversation))
+            timed(timings, "bare embedding", partial(model.get_query_embedding, pair["similar"]))
         load_after = os.getloadavg()
         for cache in caches.values():
             cache.clear()

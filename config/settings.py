@@ -269,7 +269,7 @@ class ChainSettings(_Section):
     max_question_tokens: int = Field(256, ge=8, le=8192)
     """Longer questions are truncated to this with a notice."""
     conversations_db: ProjectPath = Path("data/conversations.sqlite")
-    """SQLite file holding conversations."""
+    """SQLite file holding conversations (embedded mode; shared mode keeps them in PostgreSQL)."""
     max_model_calls: int = Field(3, ge=1, le=20)
     """Model calls per turn; the last one gets no tools, so a turn ends with an answer."""
 
@@ -280,7 +280,7 @@ class CacheSettings(_Section):
     enabled: bool = True
     """Answer repeated and paraphrased questions from the cache."""
     dir: ProjectPath = Path("data/cache")
-    """Cache store folder."""
+    """Cache store folder (embedded mode)."""
     similarity_threshold: float = Field(0.85, ge=0.5, le=1.0)
     """Cosine a cached question needs to count as the same question (0.85: from bench/cache_precision.py)."""
     ttl_s: int = Field(86400, ge=1, le=31536000)
@@ -331,7 +331,8 @@ class ApiSettings(_Section):
     uploads_dir: Path = Path("uploads")
     """Folder uploads are saved to, relative to `index.docs_dir` (always inside it)."""
     store_db: ProjectPath = Path("data/app.sqlite")
-    """SQLite file with per-turn metadata (sources, badges, stopped marks) and feedback."""
+    """SQLite file with per-turn metadata (sources, badges, stopped marks), feedback and ingest jobs
+    (embedded mode; shared mode keeps them in PostgreSQL)."""
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed by CORS; empty (the default) turns CORS off."""
     engine_check_s: float = Field(2.0, gt=0, le=60)

@@ -29,7 +29,7 @@ from indexing.manifest import read_manifest
 from serving.launch import free_port
 from tests.app.api_server import API_KEY
 from tests.llm_server import LLMServer
-from tests.shared_servers import chroma_server
+from tests.shared_servers import chroma_server, stop_process
 
 pytestmark = [pytest.mark.integration]
 
@@ -110,15 +110,6 @@ def wait_ready(replica: Replica, timeout_s: float = 300) -> None:
             time.sleep(0.5)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Shared]:
     root = tmp_path_factory.mktemp("shared")
@@ -136,8 +127,8 @@ def replicas(shared: Shared, vllm_server: LLMServer) -> Iterator[tuple[Replica, 
         wait_ready(b)
         yield a, b
     finally:
-        stop(a.proc)
-        stop(b.proc)
+        stop_process(a.proc, 60)
+        stop_process(b.proc, 60)
 
 
 def test_a_conversation_started_on_one_replica_continues_on_the_other(
