@@ -469,6 +469,10 @@ def load_settings(profile: str | None = None, **overrides: Any) -> Settings:
         raise SettingsError(_describe(exc)) from None
 
 
+_SECRET_FIELDS = {"postgres_url", "api_key", "chroma_auth_token", "state_url"}
+"""Fields whose rejected values are not echoed in errors (a mistyped URL still carries its password)."""
+
+
 def _describe(exc: ValidationError) -> str:
     lines = ["invalid settings:"]
     for err in exc.errors():
@@ -477,6 +481,8 @@ def _describe(exc: ValidationError) -> str:
         if isinstance(value, dict | BaseModel):
             # A rule between fields: its message names them; the section itself may hold secrets.
             lines.append(f"  {field}: {err['msg'].removeprefix('Value error, ')}")
+        elif err["loc"] and err["loc"][-1] in _SECRET_FIELDS:
+            lines.append(f"  {field}: {err['msg']} (value not shown: it may hold a password)")
         else:
             lines.append(f"  {field}: {err['msg']} (got {value!r})")
     return "\n".join(lines)
