@@ -227,9 +227,11 @@ def test_two_ingests_at_once_on_the_chroma_server_both_finish_consistently(
         )
         for folder in (one, two)
     ]
+    waited = saw_an_ingest_waiting_for_the_lock(shared.postgres_url, procs)
     outputs = [p.communicate(timeout=600)[0].decode() for p in procs]
 
     assert [p.returncode for p in procs] == [0, 0], outputs
+    assert waited, "the two ingests never met at the lock: the test did not exercise it"
     layout = IndexLayout(tmp_path / "index")
     manifest = read_manifest(layout.manifest)
     store = DocStore(layout.docstore, readonly=True)
@@ -242,3 +244,19 @@ def test_two_ingests_at_once_on_the_chroma_server_both_finish_consistently(
     stored = client.get_collection("concurrent-ingest").get(include=[])["ids"]
     assert documents == len(halves) == manifest.documents
     assert sorted(stored) == chunk_ids and len(set(stored)) == len(stored) == chunks == manifest.chunks
+
+
+def saw_an_ingest_waiting_for_the_lock(url: str, procs: list[subprocess.Popen[bytes]]) -> bool:
+    """Watch PostgreSQL while the processes run: was an ingest ever waiting on the advisory lock?"""
+    import psycopg
+
+    seen = False
+    with psycopg.connect(url, autocommit=True) as conn:
+        while any(p.poll() is None for p in procs):
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'ragchat ingest%' "
+                "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+            ).fetchone()
+            seen = seen or bool(row and row[0])
+            time.sleep(0.2)
+    return seen
