@@ -102,6 +102,23 @@ app: $(VENV)/.installed ## The Streamlit chat UI on http://127.0.0.1:8501 (UI_PO
 	$(VENV)/bin/streamlit run app/ui.py --server.address 127.0.0.1 --server.port $(UI_PORT) \
 		--server.headless true --browser.gatherUsageStats false --client.toolbarMode minimal
 
+# Shared state (state.mode=shared, docs/scaling.md): a throwaway PostgreSQL and a Chroma server on loopback.
+PG_PORT     ?= 55432
+PG_DIR      ?= /tmp/ragchat-postgres-$(PG_PORT)
+CHROMA_PORT ?= 8001
+
+.PHONY: postgres-start
+postgres-start: ## Start a throwaway PostgreSQL (Debian's) on 127.0.0.1:PG_PORT (55432) for state.mode=shared; prints its URL
+	@.ci/postgres start $(PG_DIR) $(PG_PORT)
+
+.PHONY: postgres-stop
+postgres-stop: ## Stop the PostgreSQL that postgres-start started (its data stays in PG_DIR)
+	.ci/postgres stop $(PG_DIR)
+
+.PHONY: chroma-server
+chroma-server: $(VENV)/.installed ## Chroma in server mode on 127.0.0.1:CHROMA_PORT (8001, index.chroma_port), data in data/chroma-server
+	$(VENV)/bin/chroma run --path data/chroma-server --host 127.0.0.1 --port $(CHROMA_PORT)
+
 test: install ## Run the whole test suite (unit + integration with a real vLLM CPU server)
 	$(PY) -m serving tiny-model --quiet
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -146,6 +163,10 @@ bench-followups: install ## Follow-up rewrites: hit@5 of original / rewrite / bo
 
 bench-embed: $(VENV)/.installed ## Embedding backends: single-query latency, batch throughput, agreement, SQuAD quality
 	$(PY) -m bench.embeddings --pairs ../shared/data/cache_pairs.json --squad ../shared/data/squad-dev-v1.1.json
+
+.PHONY: bench-shared-state
+bench-shared-state: $(VENV)/.installed ## Shared vs embedded state: cache hit/store and turn-store latency, interleaved (needs postgres-start + chroma-server)
+	$(PY) -m bench.shared_state --postgres-url postgresql://rag@127.0.0.1:$(PG_PORT)/rag --chroma-port $(CHROMA_PORT)
 
 clean: ## Remove built models and runtime data (keeps environments and sample docs)
 	rm -rf models/tiny-chat data/index data/cache data/conversations.sqlite data/app.sqlite* .run

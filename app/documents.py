@@ -19,9 +19,9 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from app.errors import NotFoundError
 from config.settings import Settings
@@ -35,6 +35,19 @@ log = logging.getLogger(__name__)
 FileStatus = Literal["added", "updated", "unchanged", "removed", "skipped", "failed"]
 JobState = Literal["queued", "running", "done", "failed"]
 KEPT_JOBS = 100
+_FINISHED = ("done", "failed")
+
+
+class JobRecords(Protocol):
+    """Where job snapshots are kept for other processes (`app.store.ChatStore`: SQLite or PostgreSQL)."""
+
+    def save_job(self, job_id: str, state: str, body: dict[str, Any], created_at: float) -> None: ...
+
+    def load_job(self, job_id: str) -> dict[str, Any] | None: ...
+
+    def prune_jobs(self, keep: int, finished: Sequence[str]) -> None: ...
+
+
 """Finished jobs remembered for `job()`; older ones are forgotten."""
 MAX_NAME_CHARS = 120
 
@@ -113,7 +126,9 @@ def sanitise_name(name: str) -> str:
 class DocumentLibrary:
     """Uploads, ingest jobs, listing and deletion for one index and its documents folder."""
 
-    def __init__(self, settings: Settings, embed_model: Any) -> None:
+    def __init__(self, settings: Settings, embed_model: Any, records: JobRecords | None = None) -> None:
+        """`records`: where job snapshots are written through, so another replica can report on a job
+        this one runs (shared mode); without it jobs are known to this process only."""
         self._index = settings.index
         self._docs_root = settings.index.docs_dir
         self._uploads = self._docs_root / settings.api.uploads_dir
@@ -124,6 +139,7 @@ class DocumentLibrary:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
         self._jobs: OrderedDict[str, IngestJob] = OrderedDict()
         self._lock = threading.Lock()
+        self._records = records
 
     @property
     def uploads_dir(self) -> Path:
@@ -182,20 +198,39 @@ class DocumentLibrary:
             finished = [j for j in self._jobs.values() if j.state in ("done", "failed")]
             for old in finished[: max(0, len(finished) - KEPT_JOBS)]:
                 del self._jobs[old.id]
+        self._record(job, prune=True)
         targets = [Path(p) for p in paths] if paths else None
         self._worker.submit(self._run_job, job.id, targets)
         return job.id
 
     def job(self, job_id: str) -> IngestJob:
+        """A job of this process, or (with `records`) one another process started."""
         with self._lock:
             job = self._jobs.get(job_id)
+        if job is None and self._records is not None:
+            body = self._records.load_job(job_id)
+            if body is not None:
+                results = tuple(FileResult(**r) for r in body.pop("results"))
+                job = IngestJob(**body, results=results)
         if job is None:
             raise UnknownDocumentError(f"no ingest job {job_id!r}")
         return job
 
     def _update(self, job_id: str, **changes: Any) -> None:
         with self._lock:
-            self._jobs[job_id] = replace(self._jobs[job_id], **changes)
+            job = self._jobs[job_id] = replace(self._jobs[job_id], **changes)
+        self._record(job)
+
+    def _record(self, job: IngestJob, *, prune: bool = False) -> None:
+        """Write the snapshot through; a store that fails costs other replicas the progress view, not the job."""
+        if self._records is None:
+            return
+        try:
+            self._records.save_job(job.id, job.state, asdict(job), job.created_at)
+            if prune:
+                self._records.prune_jobs(KEPT_JOBS, _FINISHED)
+        except Exception as exc:
+            log.warning("could not store the state of ingest job %s (%s: %s)", job.id, type(exc).__name__, exc)
 
     def _run_job(self, job_id: str, paths: list[Path] | None) -> None:
         from indexing.pipeline import ingest

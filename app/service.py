@@ -27,7 +27,7 @@ import httpx
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from app.documents import DocumentInfo, DocumentLibrary, IngestJob, SavedFile
-from app.store import ChatStore, ChatTurn, ConversationInfo, write_rows
+from app.store import ChatStore, ChatTurn, ConversationInfo, store_url, write_rows
 from chains import RagAgent, Source, Timings, TurnResult
 from chains.questions import QuestionError, conversation_id_or_new
 from config.settings import Settings
@@ -102,11 +102,11 @@ class ChatService:
             ingest(settings.index, [docs], progress=False, embed_model=embed_model)
             agent = RagAgent.from_settings(settings)
         try:
-            store = ChatStore(settings.api.store_db)
+            store = ChatStore(store_url(settings))
         except BaseException:
             agent.close()
             raise
-        return cls(settings, agent, store, DocumentLibrary(settings, embed_model))
+        return cls(settings, agent, store, DocumentLibrary(settings, embed_model, store))
 
     def close(self) -> None:
         """Finish a running ingest, then close the agent and the store (idempotent)."""

@@ -1,8 +1,12 @@
-"""Per-turn metadata and feedback in SQLite, so a page reload or a restart redraws a conversation.
+"""Per-turn metadata and feedback, so a page reload, a restart or another replica redraws a conversation.
 
 The agent's own conversation store (LangGraph's checkpointer) keeps messages for the model, and
 rewrites them into a summary as a conversation grows; it has no sources, badges, timings or
 "stopped" marks. This store keeps exactly what a chat page shows, one row per turn.
+
+One code path for both backends through SQLAlchemy: a SQLite file in embedded mode
+(`sqlite:///PATH`), PostgreSQL in shared mode (`postgresql+psycopg://...`), where every API/UI
+replica reads and writes the same rows.
 """
 
 from __future__ import annotations
@@ -10,49 +14,65 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
 from app.errors import NotFoundError
 from chains.results import Source, Timings
+from config.settings import Settings, sqlalchemy_url
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS conversations (
-    id TEXT PRIMARY KEY,
-    title TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS turns (
-    conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-    turn_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    question TEXT NOT NULL,
-    answer TEXT NOT NULL,
-    sources TEXT NOT NULL,
-    cached INTEGER NOT NULL,
-    retrieval_only INTEGER NOT NULL,
-    stopped INTEGER NOT NULL,
-    timings TEXT NOT NULL,
-    notices TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (conversation_id, turn_id)
-);
-CREATE TABLE IF NOT EXISTS feedback (
-    conversation_id TEXT NOT NULL,
-    turn_id TEXT NOT NULL,
-    score INTEGER NOT NULL CHECK (score IN (-1, 1)),
-    comment TEXT,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (conversation_id, turn_id),
-    FOREIGN KEY (conversation_id, turn_id) REFERENCES turns(conversation_id, turn_id) ON DELETE CASCADE
-);
-"""
+_META = sa.MetaData()
+_CONVERSATIONS = sa.Table(
+    "conversations",
+    _META,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+_TURNS = sa.Table(
+    "turns",
+    _META,
+    sa.Column("conversation_id", sa.Text, sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("turn_id", sa.Text, primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("question", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),
+    sa.Column("sources", sa.Text, nullable=False),
+    sa.Column("cached", sa.Integer, nullable=False),
+    sa.Column("retrieval_only", sa.Integer, nullable=False),
+    sa.Column("stopped", sa.Integer, nullable=False),
+    sa.Column("timings", sa.Text, nullable=False),
+    sa.Column("notices", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+_FEEDBACK = sa.Table(
+    "feedback",
+    _META,
+    sa.Column("conversation_id", sa.Text, primary_key=True),
+    sa.Column("turn_id", sa.Text, primary_key=True),
+    sa.Column("score", sa.Integer, sa.CheckConstraint("score IN (-1, 1)"), nullable=False),
+    sa.Column("comment", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.ForeignKeyConstraint(
+        ["conversation_id", "turn_id"], ["turns.conversation_id", "turns.turn_id"], ondelete="CASCADE"
+    ),
+)
+
+_JOBS = sa.Table(
+    "ingest_jobs",
+    _META,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
 
 TITLE_CHARS = 80
 MAX_COMMENT_CHARS = 2000
@@ -90,99 +110,136 @@ class ConversationInfo:
     turns: int
 
 
-class ChatStore:
-    """Thread-safe (one connection, one lock): the UI and the API share it within a process."""
+def store_url(settings: Settings) -> str:
+    """The SQLAlchemy URL of the turn store: PostgreSQL in shared mode, else `api.store_db`."""
+    if settings.state.mode == "shared" and settings.state.postgres_url is not None:
+        return sqlalchemy_url(settings.state.postgres_url.get_secret_value())
+    return f"sqlite:///{settings.api.store_db}"
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
+
+class ChatStore:
+    """Thread-safe (SQLAlchemy's connection pool): the UI and the API share it within a process,
+    and in shared mode replicas share its rows."""
+
+    def __init__(self, url: str) -> None:
+        self._engine = sa.create_engine(url)
+        self._dialect = self._engine.dialect.name
+        if self._dialect == "sqlite":
+            database = self._engine.url.database
+            if database:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            sa.event.listen(self._engine, "connect", _sqlite_pragmas)
+            sa.event.listen(self._engine, "begin", _sqlite_begin)
+        _META.create_all(self._engine)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._engine.dispose()
 
     def record_turn(self, conversation_id: str, turn: ChatTurn) -> None:
         """Store a turn (a second record of the same turn id replaces the first)."""
         now = time.time()
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT INTO conversations(id, title, created_at, updated_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
-                (conversation_id, _title(turn.question), now, now),
+        row = {
+            "conversation_id": conversation_id,
+            "turn_id": turn.turn_id,
+            "question": turn.question,
+            "answer": turn.answer,
+            "sources": json.dumps([s.to_dict() for s in turn.sources]),
+            "cached": int(turn.cached),
+            "retrieval_only": int(turn.retrieval_only),
+            "stopped": int(turn.stopped),
+            "timings": json.dumps(dataclasses.asdict(turn.timings)),
+            "notices": json.dumps(list(turn.notices)),
+            "created_at": turn.created_at,
+        }
+        # No other writer between reading seq and writing it: SQLite takes the write lock at BEGIN
+        # IMMEDIATE; PostgreSQL's upsert locks the conversation row until the commit.
+        with self._engine.connect().execution_options(immediate=True) as conn, conn.begin():
+            conversation = self._insert(_CONVERSATIONS).values(
+                id=conversation_id, title=_title(turn.question), created_at=now, updated_at=now
             )
-            seq = self._db.execute(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM turns WHERE conversation_id = ?", (conversation_id,)
-            ).fetchone()[0]
-            self._db.execute(
-                "INSERT OR REPLACE INTO turns VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    conversation_id,
-                    turn.turn_id,
-                    seq,
-                    turn.question,
-                    turn.answer,
-                    json.dumps([s.to_dict() for s in turn.sources]),
-                    int(turn.cached),
-                    int(turn.retrieval_only),
-                    int(turn.stopped),
-                    json.dumps(dataclasses.asdict(turn.timings)),
-                    json.dumps(list(turn.notices)),
-                    turn.created_at,
-                ),
+            conn.execute(
+                conversation.on_conflict_do_update(
+                    index_elements=["id"], set_={"updated_at": conversation.excluded.updated_at}
+                )
             )
+            seq = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(_TURNS.c.seq), 0) + 1).where(
+                    _TURNS.c.conversation_id == conversation_id
+                )
+            ).scalar_one()
+            insert = self._insert(_TURNS).values(seq=seq, **row)
+            replaced = {k: insert.excluded[k] for k in row if k not in ("conversation_id", "turn_id")}
+            conn.execute(insert.on_conflict_do_update(index_elements=["conversation_id", "turn_id"], set_=replaced))
 
     def turns(self, conversation_id: str) -> list[ChatTurn]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT t.*, f.score FROM turns t LEFT JOIN feedback f "
-                "ON f.conversation_id = t.conversation_id AND f.turn_id = t.turn_id "
-                "WHERE t.conversation_id = ? ORDER BY t.seq",
-                (conversation_id,),
-            ).fetchall()
-        return [_turn(row) for row in rows]
+        t, f = _TURNS, _FEEDBACK
+        query = (
+            sa.select(t, f.c.score)
+            .outerjoin(f, sa.and_(f.c.conversation_id == t.c.conversation_id, f.c.turn_id == t.c.turn_id))
+            .where(t.c.conversation_id == conversation_id)
+            .order_by(t.c.seq)
+        )
+        with self._engine.connect() as conn:
+            return [_turn(row) for row in conn.execute(query)]
 
     def conversations(self) -> list[ConversationInfo]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT c.id, c.title, c.updated_at, COUNT(t.turn_id) FROM conversations c "
-                "LEFT JOIN turns t ON t.conversation_id = c.id GROUP BY c.id ORDER BY c.updated_at DESC"
-            ).fetchall()
+        c, t = _CONVERSATIONS, _TURNS
+        query = (
+            sa.select(c.c.id, c.c.title, c.c.updated_at, sa.func.count(t.c.turn_id))
+            .outerjoin(t, t.c.conversation_id == c.c.id)
+            .group_by(c.c.id)
+            .order_by(c.c.updated_at.desc())
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
         return [ConversationInfo(id=r[0], title=r[1], updated_at=r[2], turns=r[3]) for r in rows]
 
     def delete_conversation(self, conversation_id: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+        with self._engine.begin() as conn:
+            conn.execute(sa.delete(_CONVERSATIONS).where(_CONVERSATIONS.c.id == conversation_id))
 
     def record_feedback(self, conversation_id: str, turn_id: str, score: int, comment: str | None) -> None:
         if score not in (1, -1):
             raise ValueError(f"feedback score must be +1 or -1, not {score!r}")
         if comment is not None and len(comment) > MAX_COMMENT_CHARS:
             raise ValueError(f"feedback comment is {len(comment)} characters; at most {MAX_COMMENT_CHARS}")
-        with self._lock:
-            known = self._db.execute(
-                "SELECT 1 FROM turns WHERE conversation_id = ? AND turn_id = ?", (conversation_id, turn_id)
-            ).fetchone()
+        t = _TURNS
+        with self._engine.begin() as conn:
+            known = conn.execute(
+                sa.select(sa.literal(1)).where(t.c.conversation_id == conversation_id, t.c.turn_id == turn_id)
+            ).first()
             if known is None:
                 raise UnknownTurnError(f"no turn {turn_id!r} in conversation {conversation_id!r}")
-            self._db.execute(
-                "INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?, ?)",
-                (conversation_id, turn_id, score, comment, time.time()),
+            values = {"score": score, "comment": comment, "created_at": time.time()}
+            insert = self._insert(_FEEDBACK).values(conversation_id=conversation_id, turn_id=turn_id, **values)
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["conversation_id", "turn_id"], set_={k: insert.excluded[k] for k in values}
+                )
             )
 
     def feedback(self) -> list[dict[str, Any]]:
         """Every rating with its turn: what an export holds."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT f.conversation_id, f.turn_id, f.score, f.comment, f.created_at, t.question, t.answer, "
-                "t.sources, t.cached, t.retrieval_only, t.stopped FROM feedback f JOIN turns t "
-                "ON f.conversation_id = t.conversation_id AND f.turn_id = t.turn_id ORDER BY f.created_at"
-            ).fetchall()
+        t, f = _TURNS, _FEEDBACK
+        query = (
+            sa.select(
+                f.c.conversation_id,
+                f.c.turn_id,
+                f.c.score,
+                f.c.comment,
+                f.c.created_at,
+                t.c.question,
+                t.c.answer,
+                t.c.sources,
+                t.c.cached,
+                t.c.retrieval_only,
+                t.c.stopped,
+            )
+            .join(t, sa.and_(f.c.conversation_id == t.c.conversation_id, f.c.turn_id == t.c.turn_id))
+            .order_by(f.c.created_at)
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
         return [
             {
                 "conversation_id": r[0],
@@ -199,6 +256,45 @@ class ChatStore:
             }
             for r in rows
         ]
+
+    def save_job(self, job_id: str, state: str, body: dict[str, Any], created_at: float) -> None:
+        """Store an ingest job's latest snapshot (JSON), so any replica can answer for it."""
+        values = {"state": state, "body": json.dumps(body), "created_at": created_at}
+        insert = self._insert(_JOBS).values(id=job_id, **values)
+        with self._engine.begin() as conn:
+            conn.execute(
+                insert.on_conflict_do_update(index_elements=["id"], set_={k: insert.excluded[k] for k in values})
+            )
+
+    def load_job(self, job_id: str) -> dict[str, Any] | None:
+        with self._engine.connect() as conn:
+            body = conn.execute(sa.select(_JOBS.c.body).where(_JOBS.c.id == job_id)).scalar_one_or_none()
+        return None if body is None else dict(json.loads(body))
+
+    def prune_jobs(self, keep: int, finished: Sequence[str]) -> None:
+        """Delete all but the `keep` newest jobs in a `finished` state."""
+        j = _JOBS
+        newest = sa.select(j.c.id).where(j.c.state.in_(finished)).order_by(j.c.created_at.desc()).limit(keep)
+        with self._engine.begin() as conn:
+            conn.execute(sa.delete(j).where(j.c.state.in_(finished), j.c.id.not_in(newest.scalar_subquery())))
+
+    def _insert(self, table: sa.Table) -> Any:
+        """The dialect's INSERT, which has `on_conflict_do_update` (same API in SQLite and PostgreSQL)."""
+        return (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
+
+
+def _sqlite_pragmas(conn: Any, _record: Any) -> None:
+    """WAL (readers never wait for the writer), enforced foreign keys, and transactions begun by
+    `_sqlite_begin` rather than pysqlite's implicit BEGIN (SQLAlchemy's documented recipe)."""
+    conn.isolation_level = None
+    cursor = conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("immediate") else "BEGIN")
 
 
 def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:

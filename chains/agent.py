@@ -30,7 +30,13 @@ from langchain_core.runnables import RunnableConfig
 
 from chains.condense import condense_question, has_turns
 from chains.context import PassageRegistry, TurnContext
-from chains.conversations import Conversations, open_checkpointer, thread_config
+from chains.conversations import (
+    Conversations,
+    close_checkpointer,
+    open_checkpointer,
+    open_postgres_checkpointer,
+    thread_config,
+)
 from chains.followups import fuse, needs_history, rejection
 from chains.llm import endpoint, idle_limited, make_chat_model, unavailable_reason, within
 from chains.loop_thread import LoopThread
@@ -90,7 +96,12 @@ class RagAgent:
         self._owned_clients: list[Any] = []  # async HTTP clients of those parts, closed on the loop
         self._runner = LoopThread(name="rag-agent")
         try:
-            self._saver = self._runner.run(open_checkpointer(settings.chains.conversations_db))
+            url = settings.state.postgres_url if settings.state.mode == "shared" else None
+            self._saver = self._runner.run(
+                open_postgres_checkpointer(url.get_secret_value())
+                if url
+                else open_checkpointer(settings.chains.conversations_db)
+            )
             self._graph = self._build_graph()
         except BaseException:
             self._runner.close()
@@ -296,7 +307,7 @@ class RagAgent:
     async def _aclose(self) -> None:
         for client in self._owned_clients:
             await client.aclose()
-        await self._saver.conn.close()
+        await close_checkpointer(self._saver)
 
     def __enter__(self) -> RagAgent:
         return self

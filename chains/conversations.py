@@ -1,4 +1,7 @@
-"""Conversations kept in SQLite by LangGraph's checkpointer: a conversation id is a thread id.
+"""Conversations kept by LangGraph's checkpointer: a conversation id is a thread id.
+
+Embedded mode keeps them in a SQLite file; shared mode in PostgreSQL (LangGraph's Postgres
+checkpointer over a connection pool), where every API/UI replica sees every conversation.
 
 The agent graph reads and writes a thread as it runs (the summary memory rewrites it in place);
 turns answered without the graph (cache hits, retrieval-only answers) are added here so every
@@ -14,8 +17,12 @@ from typing import Any
 import aiosqlite
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph.state import CompiledStateGraph
+
+POOL_SIZE = 8
+"""Most PostgreSQL connections one process's conversations use (turns of different conversations run at once)."""
 
 
 class ConversationStoreError(RuntimeError):
@@ -41,6 +48,35 @@ async def open_checkpointer(path: Path) -> AsyncSqliteSaver:
             f"conversations database {path} is unreadable ({exc}); move it away to start with no history"
         ) from exc
     return saver
+
+
+async def open_postgres_checkpointer(url: str) -> BaseCheckpointSaver[Any]:
+    """The checkpointer over the PostgreSQL database at `url` (tables created if missing)."""
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    from psycopg import Error as PgError
+    from psycopg.rows import dict_row
+    from psycopg_pool import AsyncConnectionPool
+
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=POOL_SIZE,
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+        open=False,
+    )
+    try:
+        await pool.open(wait=True, timeout=15)
+        saver = AsyncPostgresSaver(pool)  # a pool is one of its Conn types: turns of several conversations at once
+        await saver.setup()
+    except (PgError, TimeoutError) as exc:
+        await pool.close()
+        raise ConversationStoreError(f"cannot open the conversations database in PostgreSQL ({exc})") from exc
+    return saver
+
+
+async def close_checkpointer(saver: BaseCheckpointSaver[Any]) -> None:
+    """Close the SQLite connection or the PostgreSQL pool behind a checkpointer."""
+    await saver.conn.close()  # type: ignore[attr-defined]  # both savers hold theirs as `conn`
 
 
 def thread_config(conversation_id: str) -> RunnableConfig:
@@ -69,5 +105,5 @@ class Conversations:
     async def delete(self, conversation_id: str) -> None:
         """Forget a conversation."""
         checkpointer = self._graph.checkpointer
-        if isinstance(checkpointer, AsyncSqliteSaver):
+        if isinstance(checkpointer, BaseCheckpointSaver):
             await checkpointer.adelete_thread(conversation_id)

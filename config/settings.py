@@ -220,6 +220,10 @@ class IndexSettings(_Section):
     """Hybrid merge: `convex` (weighted scores; beat both halves on SQuAD) or `rrf` (reciprocal rank fusion)."""
     dense_weight: float = Field(0.5, ge=0.0, le=1.0)
     """Convex fusion: weight of the cosine similarity; BM25, scaled by the query's best BM25 score, gets the rest."""
+    state_url: SecretStr | None = None
+    """PostgreSQL holding the ingest lock across hosts; filled from `state.postgres_url` in shared mode."""
+    lock_wait_s: float = Field(600.0, ge=0, le=86400)
+    """Shared mode: how long an ingest waits for another one's lock before giving up."""
 
     @model_validator(mode="after")
     def _consistent(self) -> IndexSettings:
@@ -265,7 +269,7 @@ class ChainSettings(_Section):
     max_question_tokens: int = Field(256, ge=8, le=8192)
     """Longer questions are truncated to this with a notice."""
     conversations_db: ProjectPath = Path("data/conversations.sqlite")
-    """SQLite file holding conversations."""
+    """SQLite file holding conversations (embedded mode; shared mode keeps them in PostgreSQL)."""
     max_model_calls: int = Field(3, ge=1, le=20)
     """Model calls per turn; the last one gets no tools, so a turn ends with an answer."""
 
@@ -276,7 +280,7 @@ class CacheSettings(_Section):
     enabled: bool = True
     """Answer repeated and paraphrased questions from the cache."""
     dir: ProjectPath = Path("data/cache")
-    """Cache store folder."""
+    """Cache store folder (embedded mode)."""
     similarity_threshold: float = Field(0.85, ge=0.5, le=1.0)
     """Cosine a cached question needs to count as the same question (0.85: from bench/cache_precision.py)."""
     ttl_s: int = Field(86400, ge=1, le=31536000)
@@ -300,6 +304,13 @@ class CacheSettings(_Section):
     """A hit must beat the next different cached question by this much cosine; closer calls are misses."""
     verify_with_model: bool = False
     """Ask the served model to confirm each hit (one short extra model call per hit; worth it on a real model)."""
+    state_url: SecretStr | None = None
+    """PostgreSQL holding the cached answers (vectors on the Chroma server); filled from `state.postgres_url`
+    in shared mode, unset in embedded mode (sqlite + faiss under `dir`)."""
+    chroma_host: str = "127.0.0.1"
+    """Chroma server holding the cached questions' vectors in shared mode (copied from `index`)."""
+    chroma_port: int = Field(8001, ge=1, le=65535)
+    """Its port (copied from `index.chroma_port` in shared mode)."""
 
 
 class ApiSettings(_Section):
@@ -320,7 +331,8 @@ class ApiSettings(_Section):
     uploads_dir: Path = Path("uploads")
     """Folder uploads are saved to, relative to `index.docs_dir` (always inside it)."""
     store_db: ProjectPath = Path("data/app.sqlite")
-    """SQLite file with per-turn metadata (sources, badges, stopped marks) and feedback."""
+    """SQLite file with per-turn metadata (sources, badges, stopped marks), feedback and ingest jobs
+    (embedded mode; shared mode keeps them in PostgreSQL)."""
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed by CORS; empty (the default) turns CORS off."""
     engine_check_s: float = Field(2.0, gt=0, le=60)
@@ -355,6 +367,27 @@ class EvaluationSettings(_Section):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/") if value else value
+def sqlalchemy_url(postgres_url: str) -> str:
+    """A `postgresql://` URL as SQLAlchemy spells it with the psycopg 3 driver."""
+    return "postgresql+psycopg://" + postgres_url.split("://", 1)[1]
+
+
+class StateSettings(_Section):
+    """Where shared state lives: on local disk for one process, or on servers every replica reaches."""
+
+    mode: Literal["embedded", "shared"] = "embedded"
+    """`embedded`: SQLite files, embedded Chroma, a local cache folder (one API/UI process per data folder).
+    `shared`: PostgreSQL (conversations, turns, feedback, ingest lock, cache rows) and a Chroma server
+    (documents, cache vectors), so several API/UI replicas and hosts serve one state. See docs/scaling.md."""
+    postgres_url: SecretStr | None = None
+    """`postgresql://USER[:PASSWORD]@HOST:PORT/DB`, required in shared mode (`make postgres-start` prints one)."""
+
+    @field_validator("postgres_url")
+    @classmethod
+    def _postgres_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql://USER@HOST:PORT/DB URL")
+        return value
 
 
 class _ProfileYamlSource(PydanticBaseSettingsSource):
@@ -396,6 +429,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -423,6 +457,29 @@ class Settings(BaseSettings):
             self.llm.model = self.serving.served_model_name
         return self
 
+    @model_validator(mode="after")
+    def _place_state(self) -> Settings:
+        """`state.mode` is the one switch: shared mode points the index lock and the cache at PostgreSQL
+        and Chroma at its server; embedded mode clears what shared mode would fill."""
+        if self.state.mode == "embedded":
+            self.index.state_url = None
+            self.cache.state_url = None
+            return self
+        if self.state.postgres_url is None:
+            raise ValueError(
+                "state.postgres_url is required when state.mode is 'shared' (postgresql://USER@HOST:PORT/DB)"
+            )
+        if self.index.chroma_mode == "embedded" and "chroma_mode" in self.index.model_fields_set:
+            raise ValueError(
+                "state.mode 'shared' needs the Chroma server: index.chroma_mode must be 'http' (or left unset), "
+                "an embedded Chroma folder has one writing process"
+            )
+        self.index.chroma_mode = "http"
+        self.index.state_url = self.state.postgres_url
+        self.cache.state_url = self.state.postgres_url
+        self.cache.chroma_host, self.cache.chroma_port = self.index.chroma_host, self.index.chroma_port
+        return self
+
 
 def load_settings(profile: str | None = None, **overrides: Any) -> Settings:
     """Build the settings, turning any validation failure into one readable SettingsError."""
@@ -434,6 +491,10 @@ def load_settings(profile: str | None = None, **overrides: Any) -> Settings:
         raise SettingsError(_describe(exc)) from None
 
 
+_SECRET_FIELDS = {"postgres_url", "api_key", "chroma_auth_token", "state_url"}
+"""Fields whose rejected values are not echoed in errors (a mistyped URL still carries its password)."""
+
+
 def _describe(exc: ValidationError) -> str:
     lines = ["invalid settings:"]
     for err in exc.errors():
@@ -442,6 +503,8 @@ def _describe(exc: ValidationError) -> str:
         if isinstance(value, dict | BaseModel):
             # A rule between fields: its message names them; the section itself may hold secrets.
             lines.append(f"  {field}: {err['msg'].removeprefix('Value error, ')}")
+        elif err["loc"] and err["loc"][-1] in _SECRET_FIELDS:
+            lines.append(f"  {field}: {err['msg']} (value not shown: it may hold a password)")
         else:
             lines.append(f"  {field}: {err['msg']} (got {value!r})")
     return "\n".join(lines)

@@ -32,7 +32,7 @@ from indexing.chunking import CHUNKER_VERSION, Chunker, effective_chunk_size, mo
 from indexing.docstore import ChunkRow, DocRecord, DocStore, Inflight
 from indexing.errors import UnreadableFileError
 from indexing.layout import FolderState, IndexLayout
-from indexing.lock import WriterLock
+from indexing.lock import WriterLock, writer_lock
 from indexing.manifest import Manifest, content_version, now_iso, read_manifest_for_model, write_manifest
 from indexing.metadata import CHUNK, DOC_HASH, SOURCE
 from indexing.progress import EmbedWithProgress, IngestProgress
@@ -71,10 +71,17 @@ def ingest(
     the report and never raise.
     """
     layout = IndexLayout(settings.index_dir)
-    if layout.state() is FolderState.FOREIGN:
+    lock = writer_lock(settings, layout)
+    shared = not isinstance(lock, WriterLock)
+    # Embedded mode checks before its lock file goes into the folder. In shared mode another
+    # process may be starting this index right now (docstore there, manifest not yet): check once
+    # the lock is ours.
+    if not shared and layout.state() is FolderState.FOREIGN:
         raise layout.foreign_error()
     layout.root.mkdir(parents=True, exist_ok=True)
-    with WriterLock(layout.lock):
+    with lock:
+        if shared and layout.state() is FolderState.FOREIGN:
+            raise layout.foreign_error()
         run = _IngestRun(settings, layout, embed_model, progress, on_stage)
         roots = [Path(os.path.abspath(p)) for p in paths] if paths else [settings.docs_dir]
         return run.run(roots, prune)

@@ -53,3 +53,21 @@ def vllm_server(tiny_model_path: Path) -> Iterator[LLMServer]:
     finally:
         server.stop()
     assert pgid is not None and not group_pids(pgid), "engine processes left behind after stop()"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL (Debian's server, throwaway cluster, loopback) for the whole session."""
+    from tests.shared_servers import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def chroma_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real Chroma server (`chroma run`, loopback) for the whole session."""
+    from tests.shared_servers import chroma_server
+
+    with chroma_server(tmp_path_factory.mktemp("chroma-session")) as port:
+        yield port

@@ -19,6 +19,10 @@ Why it looks the way it does:
   the caller: one warning, the scope folder is moved to `corrupt/`, and the next call starts empty.
 * One lock serialises access to the stores (sqlite session and faiss index are not thread-safe);
   the embedding runs outside it. One process should own a cache folder.
+* Shared mode (`shared=SharedServers(...)`): each scope's rows live in PostgreSQL and its vectors
+  in a Chroma server collection, so every API replica answers from what any replica stored. A
+  failing store is then dropped and reopened on the next call (nothing local to move aside), and
+  `max_scopes` is not enforced (old scopes' tables stay until `clear()`).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import numpy as np
 
 from chains.cache.embedding import EmbeddingError, QuestionEmbedding
 from chains.cache.guards import ALL_GUARDS, GuardName, rejection
-from chains.cache.storage import Candidate, ScopeStore
+from chains.cache.storage import Candidate, ScopeStore, SharedScopes, SharedServers
 from chains.cache.verifier import Verifier
 
 if TYPE_CHECKING:
@@ -127,6 +131,7 @@ class SemanticCache:
         flush_every: int = 64,
         flush_interval_s: float = 30.0,
         clock: Callable[[], float] = time.time,
+        shared: SharedServers | None = None,
     ) -> None:
         if not 0.0 < similarity_threshold <= 1.0:
             raise ValueError(f"similarity_threshold must be in (0, 1], got {similarity_threshold}")
@@ -158,6 +163,9 @@ class SemanticCache:
         self._clock = clock
         self._lock = threading.RLock()
         self._stores: dict[str, ScopeStore] = {}
+        self._shared = shared
+        self._chroma: Any = None  # shared mode: the Chroma server client and the scope registry,
+        self._scopes: SharedScopes | None = None  # opened on first use
         self._hits = 0
         self._misses = 0
         self._time_saved_s = 0.0
@@ -176,8 +184,13 @@ class SemanticCache:
 
         Pass `verifier=model_verifier(chat_model)` when `settings.verify_with_model` is on.
         """
+        from config.settings import sqlalchemy_url
         from indexing.embeddings import load_embedding
 
+        shared = None
+        if settings.state_url is not None:
+            url = sqlalchemy_url(settings.state_url.get_secret_value())
+            shared = SharedServers(url, settings.chroma_host, settings.chroma_port)
         return cls(
             settings.dir,
             load_embedding(embed_model_name, embed_batch_size, embed_backend),
@@ -191,6 +204,7 @@ class SemanticCache:
             max_scopes=settings.max_scopes,
             ambiguity_margin=settings.ambiguity_margin,
             verifier=verifier,
+            shared=shared,
         )
 
     def lookup(self, question: str, scope: CacheScope) -> Lookup:
@@ -257,6 +271,9 @@ class SemanticCache:
         """Drop every cached answer of every scope, and quarantined stores (counters keep running)."""
         with self._lock:
             self._close_all()
+            if self._shared is not None:
+                chroma, scopes = self._shared_parts()
+                scopes.drop_all(chroma)
             for sub in ("scopes", "corrupt"):
                 shutil.rmtree(self.directory / sub, ignore_errors=True)
 
@@ -276,6 +293,9 @@ class SemanticCache:
         sqlite at the next open (nothing committed is lost)."""
         with self._lock:
             self._close_all()
+            if self._scopes is not None:
+                self._scopes.close()
+            self._chroma, self._scopes = None, None
 
     # -- internals -------------------------------------------------------------------------
 
@@ -327,6 +347,17 @@ class SemanticCache:
         store = self._stores.get(key)
         if store is not None:
             return store
+        options: dict[str, Any] = {
+            "top_k": self._top_k,
+            "max_entries": self._max_entries,
+            "flush_every": self._flush_every,
+            "flush_interval_s": self._flush_interval_s,
+        }
+        if self._shared is not None:
+            chroma, scopes = self._shared_parts()
+            store = ScopeStore.shared(self._shared, chroma, key, scopes.collection(key), **options)
+            self._stores[key] = store
+            return store
         path = self.directory / "scopes" / key
         fresh = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
@@ -335,14 +366,7 @@ class SemanticCache:
         )
         if fresh:
             self._prune_scopes(keep=key)
-        store = ScopeStore(
-            path,
-            self._embed.dimension,
-            top_k=self._top_k,
-            max_entries=self._max_entries,
-            flush_every=self._flush_every,
-            flush_interval_s=self._flush_interval_s,
-        )
+        store = ScopeStore.local(path, self._embed.dimension, **options)
         self._stores[key] = store
         return store
 
@@ -354,6 +378,14 @@ class SemanticCache:
                 store.abandon()
             except Exception:  # releasing a broken store may fail too; it is being discarded
                 log.debug("releasing a broken cache store failed", exc_info=True)
+        if self._shared is not None:
+            log.warning(
+                "semantic cache %s failed (%s: %s); answering uncached, the store is reopened on the next call",
+                action,
+                type(exc).__name__,
+                exc,
+            )
+            return
         source = self.directory / "scopes" / key
         target = self.directory / "corrupt" / f"{key}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         try:
@@ -393,7 +425,23 @@ class SemanticCache:
                 log.warning("semantic cache: closing %s failed (%s: %s)", store.path, type(exc).__name__, exc)
         self._stores.clear()
 
+    def _shared_parts(self) -> tuple[Any, SharedScopes]:
+        if self._chroma is None or self._scopes is None:
+            import chromadb
+            from chromadb.config import Settings as ChromaSettings
+
+            assert self._shared is not None
+            self._chroma = chromadb.HttpClient(
+                host=self._shared.chroma_host,
+                port=self._shared.chroma_port,
+                settings=ChromaSettings(anonymized_telemetry=False),
+            )
+            self._scopes = SharedScopes(self._shared)
+        return self._chroma, self._scopes
+
     def _count_entries(self) -> int:
+        if self._shared is not None:
+            return self._shared_parts()[1].entries()
         total = 0
         scopes = self.directory / "scopes"
         for db in scopes.glob("*/sqlite.db") if scopes.exists() else []:

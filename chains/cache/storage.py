@@ -1,4 +1,10 @@
-"""One scope's GPTCache store: sqlite rows (question, answer, vector) plus a faiss index.
+"""One scope's GPTCache store: SQL rows (question, answer, vector) plus a vector index.
+
+Embedded mode (`ScopeStore.local`): a sqlite file and a faiss index in the scope's folder.
+Shared mode (`ScopeStore.shared`): the rows in PostgreSQL through GPTCache's SQLAlchemy store
+(tables named by the scope) and the vectors in a collection of the Chroma server, so an answer
+stored by one API replica is a hit on every other. (pgvector would keep both in PostgreSQL, but
+Debian 12 has no `postgresql-15-pgvector` package; the Chroma server already runs in that mode.)
 
 Why it is not GPTCache's `get`/`put`:
 
@@ -62,13 +68,33 @@ class Candidate:
     cosine: float
 
 
+@dataclass(frozen=True)
+class SharedServers:
+    """Where shared-mode scope stores live: PostgreSQL (SQLAlchemy URL) and the Chroma server."""
+
+    sql_url: str
+    chroma_host: str
+    chroma_port: int
+
+
+SHARED_TABLE_PREFIX = "ragcache_"
+"""Tables `ragcache_<scope key>_question` / `_answer` and Chroma collections `ragcache-<scope key>`."""
+_PAYLOAD_CHARS = 1_000_000
+"""Column length of questions and payloads in PostgreSQL (GPTCache's default VARCHAR(1000)/(3000) would
+refuse answers with their sources; sqlite ignores lengths)."""
+
+
 class ScopeStore:
-    """sqlite + faiss for one scope; not thread-safe (the cache holds a lock around it)."""
+    """SQL rows + vector index for one scope; not thread-safe (the cache holds a lock around it).
+
+    Build with `ScopeStore.local(...)` or `ScopeStore.shared(...)`.
+    """
 
     def __init__(
         self,
-        path: Path,
-        dimension: int,
+        name: str,
+        sql: Any,
+        vectors: Any,
         *,
         top_k: int,
         max_entries: int,
@@ -78,18 +104,49 @@ class ScopeStore:
     ) -> None:
         from gptcache.manager import get_data_manager
 
-        self.path = path
+        self.name = name
         self._top_k = top_k
         self._flush_every = flush_every
         self._flush_interval_s = flush_interval_s
         self._clock = clock
-        self._sql = _sqlite_storage(path / "sqlite.db")
-        self._faiss = _faiss_index(str(path / "faiss.index"), dimension, top_k)
+        self._sql = sql
+        self._faiss = vectors
         self._manager = get_data_manager(
             self._sql, self._faiss, max_size=max_entries, clean_size=max(1, max_entries // 10)
         )
-        self._pending = self._reconcile()
+        self._pending = self._reconcile() if isinstance(vectors, _FaissIndex) else 0
         self._last_flush = clock()
+
+    @classmethod
+    def local(cls, path: Path, dimension: int, *, top_k: int, **options: Any) -> ScopeStore:
+        """sqlite + faiss files in `path`."""
+        sql = _sql_storage(f"sqlite:///{path / 'sqlite.db'}", "gptcache")
+        try:
+            vectors = _faiss_index(str(path / "faiss.index"), dimension, top_k)
+        except BaseException:
+            sql.close()
+            raise
+        return cls(str(path), sql, vectors, top_k=top_k, **options)
+
+    @classmethod
+    def shared(
+        cls, servers: SharedServers, chroma: Any, key: str, collection: str, *, top_k: int, **options: Any
+    ) -> ScopeStore:
+        """Rows in PostgreSQL, vectors in the Chroma server's `collection` (`chroma`: its HttpClient)."""
+        sql = _sql_storage(servers.sql_url, f"{SHARED_TABLE_PREFIX}{key}")
+        try:
+            vectors = chroma.get_or_create_collection(
+                collection, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+            )
+        except BaseException:
+            sql.close()
+            raise
+        return cls(f"{servers.sql_url.split('@')[-1]}/{key}", sql, _ChromaVectors(vectors), top_k=top_k, **options)
+
+    @property
+    def path(self) -> str:
+        """Where the store lives (a folder, or server/table), for log lines."""
+        return self.name
 
     def search(self, vector: np.ndarray, floor: float) -> list[Candidate]:
         """Cached questions with cosine >= floor, best first (at most `top_k`)."""
@@ -149,14 +206,17 @@ class ScopeStore:
         return len(missing) + len(stale)
 
 
-def _sqlite_storage(db: Path) -> Any:
-    """GPTCache's SQL storage on a WAL-mode sqlite file, with a one-query, read-only fetch.
+def _sql_storage(url: str, table: str) -> Any:
+    """GPTCache's SQL storage (sqlite file or PostgreSQL), with a one-query, read-only fetch.
 
-    WAL with synchronous=NORMAL makes each store's commit cheap (no fsync wait) and can only lose
-    the last commits on power loss, which a cache can afford.
+    A sqlite file runs in WAL mode with synchronous=NORMAL: each store's commit is cheap (no fsync
+    wait) and only the last commits can be lost on power loss, which a cache can afford.
     """
     from gptcache.manager.scalar_data.sql_storage import SQLStorage
     from sqlalchemy import event, select
+
+    sqlite = url.startswith("sqlite:")
+    lengths = {"question_question": _PAYLOAD_CHARS, "answer_answer": _PAYLOAD_CHARS}
 
     def pragmas(conn: Any, _record: Any) -> None:
         cursor = conn.cursor()
@@ -166,9 +226,10 @@ def _sqlite_storage(db: Path) -> Any:
 
     class Storage(SQLStorage):
         def __init__(self) -> None:
-            super().__init__("sqlite", f"sqlite:///{db}")
-            event.listen(self._engine, "connect", pragmas)
-            self._engine.dispose()  # the connection that created the tables predates the pragmas
+            super().__init__("sqlite" if sqlite else "postgresql", url, table, lengths)
+            if sqlite:
+                event.listen(self._engine, "connect", pragmas)
+                self._engine.dispose()  # the connection that created the tables predates the pragmas
 
         def rows(self, ids: Sequence[int]) -> dict[int, tuple[str, str]]:
             if not ids:
@@ -194,6 +255,10 @@ def _sqlite_storage(db: Path) -> Any:
     return Storage()
 
 
+class _FaissIndex:
+    """Marker base of the local faiss index (the one whose file can lag behind sqlite)."""
+
+
 def _faiss_index(path: str, dimension: int, top_k: int) -> Any:
     """GPTCache's faiss store with atomic flushes, and no writes once detached."""
     import faiss
@@ -203,7 +268,7 @@ def _faiss_index(path: str, dimension: int, top_k: int) -> Any:
     # spins against the embedding and the server for the two cores (19 ms a search under load).
     faiss.omp_set_num_threads(1)
 
-    class Index(Faiss):
+    class Index(Faiss, _FaissIndex):
         def __init__(self) -> None:
             super().__init__(path, dimension, top_k)
             if self._index.d != dimension:
@@ -231,3 +296,109 @@ def _faiss_index(path: str, dimension: int, top_k: int) -> Any:
             self._detached = True
 
     return Index()
+
+
+_GPTCACHE_TABLES = ("question", "answer", "session", "question_dep", "report")
+
+
+class SharedScopes:
+    """The shared scopes, registered in PostgreSQL with the Chroma collection that holds each one's vectors.
+
+    The collection name carries a random suffix chosen by whoever registers the scope first, so
+    rows and vectors always belong together: a scope recreated after `drop` (or a PostgreSQL
+    database reset under a Chroma server that kept its data) gets a new, empty collection instead of
+    old vectors whose ids now name other rows.
+    """
+
+    def __init__(self, servers: SharedServers) -> None:
+        import sqlalchemy as sa
+
+        self._engine = sa.create_engine(servers.sql_url)
+        self._table = sa.Table(
+            f"{SHARED_TABLE_PREFIX}scopes",
+            sa.MetaData(),
+            sa.Column("key", sa.Text, primary_key=True),
+            sa.Column("collection", sa.Text, nullable=False),
+        )
+        self._table.create(self._engine, checkfirst=True)
+
+    def collection(self, key: str) -> str:
+        """The scope's vector collection, registering the scope if it is new."""
+        import uuid
+
+        import sqlalchemy as sa
+        from sqlalchemy.dialects.postgresql import insert
+
+        name = f"{SHARED_TABLE_PREFIX.rstrip('_')}-{key}-{uuid.uuid4().hex[:8]}"
+        with self._engine.begin() as conn:
+            conn.execute(insert(self._table).values(key=key, collection=name).on_conflict_do_nothing())
+            return str(conn.execute(sa.select(self._table.c.collection).where(self._table.c.key == key)).scalar_one())
+
+    def entries(self) -> int:
+        """Live cached answers over every scope."""
+        import sqlalchemy as sa
+
+        total = 0
+        with self._engine.connect() as conn:
+            names = set(sa.inspect(conn).get_table_names())
+            for key in conn.execute(sa.select(self._table.c.key)).scalars():
+                table = f"{SHARED_TABLE_PREFIX}{key}_question"
+                if table in names:
+                    total += int(conn.exec_driver_sql(f'SELECT count(*) FROM "{table}" WHERE deleted = 0').scalar_one())
+        return total
+
+    def drop_all(self, chroma: Any) -> None:
+        """Delete every scope's rows, tables and vector collection."""
+        import sqlalchemy as sa
+
+        with self._engine.begin() as conn:
+            for key, collection in conn.execute(sa.select(self._table.c.key, self._table.c.collection)).all():
+                for part in _GPTCACHE_TABLES:
+                    conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{SHARED_TABLE_PREFIX}{key}_{part}"')
+                conn.execute(sa.delete(self._table).where(self._table.c.key == key))
+                try:
+                    chroma.delete_collection(collection)
+                except Exception:  # never created: the scope stored no vector yet
+                    continue
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+class _ChromaVectors:
+    """GPTCache's vector-store interface over a Chroma server collection (cosine space).
+
+    Writes land on the server at once (no flush); `search` reports squared L2 between normalized
+    vectors (2 x cosine distance), as faiss does, so both stores share `ScopeStore.search`.
+    """
+
+    def __init__(self, collection: Any) -> None:
+        self._collection = collection
+
+    def mul_add(self, datas: Sequence[Any]) -> None:
+        self._collection.add(
+            ids=[str(d.id) for d in datas], embeddings=[np.asarray(d.data, dtype="float32").tolist() for d in datas]
+        )
+
+    def search(self, data: np.ndarray, top_k: int) -> list[tuple[float, int]]:
+        found = self._collection.query(
+            query_embeddings=[np.asarray(data, dtype="float32").tolist()], n_results=top_k, include=["distances"]
+        )
+        return [(2.0 * float(d), int(i)) for d, i in zip(found["distances"][0], found["ids"][0], strict=True)]
+
+    def delete(self, ids: Sequence[int]) -> bool:
+        if len(ids):
+            self._collection.delete(ids=[str(i) for i in ids])
+        return True
+
+    def rebuild(self, ids: Sequence[int] | None = None) -> bool:
+        return True  # the server keeps its own index
+
+    def flush(self) -> None:
+        """Nothing to write: every add is already on the server."""
+
+    def close(self) -> None:
+        """The client belongs to the cache, which closes it."""
+
+    def detach(self) -> None:
+        """Nothing local to release."""

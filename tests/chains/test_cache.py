@@ -22,11 +22,13 @@ from chains.cache import (
     GuardName,
     InstallDisabledError,
     SemanticCache,
+    SharedServers,
     model_verifier,
 )
 from config import SettingsError, load_settings
-from config.settings import REPO_ROOT
+from config.settings import REPO_ROOT, sqlalchemy_url
 from indexing.embeddings import OFFLINE_MINILM, load_embedding
+from tests.shared_servers import fresh_database
 
 SCOPE = CacheScope(index_version="idx-1", model="rag-model", prompt_version="p1")
 QUESTION = "How much does the Pro plan cost per month?"
@@ -50,8 +52,26 @@ def answer(text: str = "The Pro plan costs $20 a month [1].", created_at: float 
     return CachedAnswer(text, SOURCES, time.time() if created_at is None else created_at)
 
 
+@pytest.fixture(params=["embedded", pytest.param("shared", marks=pytest.mark.integration)])
+def servers(request: pytest.FixtureRequest) -> SharedServers | None:
+    """None (sqlite + faiss in a folder), or a fresh PostgreSQL database and the session's Chroma server."""
+    if request.param == "embedded":
+        return None
+    database = fresh_database(request.getfixturevalue("postgres_url"))
+    return SharedServers(sqlalchemy_url(database), "127.0.0.1", request.getfixturevalue("chroma_port"))
+
+
 @pytest.fixture
-def cache(tmp_path: Path, embedding: Any) -> SemanticCache:
+def cache(tmp_path: Path, embedding: Any, servers: SharedServers | None) -> SemanticCache:
+    """One stored answer, in each storage mode."""
+    c = make_cache(tmp_path / "cache", embedding, shared=servers)
+    c.store(QUESTION, SCOPE, answer())
+    return c
+
+
+@pytest.fixture
+def local_cache(tmp_path: Path, embedding: Any) -> SemanticCache:
+    """One stored answer in the embedded store, whose files a test can damage."""
     c = make_cache(tmp_path / "cache", embedding)
     c.store(QUESTION, SCOPE, answer())
     return c
@@ -197,9 +217,9 @@ def test_expired_entries_are_never_served(tmp_path: Path, embedding: Any) -> Non
     assert hit is not None and hit.answer.answer == "fresh"
 
 
-def test_entries_persist_for_a_new_object(cache: SemanticCache, embedding: Any) -> None:
+def test_entries_persist_for_a_new_object(cache: SemanticCache, embedding: Any, servers: SharedServers | None) -> None:
     cache.close()
-    reopened = make_cache(cache.directory, embedding)
+    reopened = make_cache(cache.directory, embedding, shared=servers)
     hit = reopened.lookup(PARAPHRASE, SCOPE).hit
     assert hit is not None and hit.answer.sources == SOURCES
 
@@ -288,34 +308,36 @@ def _scope_folder(c: SemanticCache) -> Path:
 
 @pytest.mark.parametrize("victim", ["sqlite.db", "faiss.index"])
 def test_a_corrupt_store_warns_once_moves_aside_and_rebuilds(
-    cache: SemanticCache, embedding: Any, victim: str, caplog: pytest.LogCaptureFixture
+    local_cache: SemanticCache, embedding: Any, victim: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache.close()
-    folder = _scope_folder(cache)
+    local_cache.close()
+    folder = _scope_folder(local_cache)
     (folder / victim).write_bytes(os.urandom(4096))
-    reopened = make_cache(cache.directory, embedding)
+    reopened = make_cache(local_cache.directory, embedding)
     with caplog.at_level(logging.WARNING, logger="chains.cache"):
         assert reopened.lookup(PARAPHRASE, SCOPE).hit is None
     warnings = [r for r in caplog.records if r.name.startswith("chains.cache") and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "moved to" in warnings[0].getMessage()
-    assert len(list((cache.directory / "corrupt").iterdir())) == 1
+    assert len(list((local_cache.directory / "corrupt").iterdir())) == 1
     reopened.store(QUESTION, SCOPE, answer("rebuilt"))
     hit = reopened.lookup(PARAPHRASE, SCOPE).hit
     assert hit is not None and hit.answer.answer == "rebuilt"
     assert reopened.stats().entries == 1
 
 
-def test_a_store_failing_on_write_warns_and_recovers(cache: SemanticCache, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_store_failing_on_write_warns_and_recovers(
+    local_cache: SemanticCache, caplog: pytest.LogCaptureFixture
+) -> None:
     """Garbage over the sqlite file and its WAL between calls of the same object."""
-    cache.close()
-    folder = _scope_folder(cache)
+    local_cache.close()
+    folder = _scope_folder(local_cache)
     for name in ("sqlite.db", "faiss.index"):
         (folder / name).write_bytes(b"\x00garbage" * 512)
     with caplog.at_level(logging.WARNING, logger="chains.cache"):
-        cache.store("Who founded the company?", SCOPE, answer("Ann"))
+        local_cache.store("Who founded the company?", SCOPE, answer("Ann"))
     assert any("moved to" in r.getMessage() for r in caplog.records if r.name.startswith("chains.cache"))
-    cache.store("Who founded the company?", SCOPE, answer("Ann"))
-    hit = cache.lookup("Who was it that founded the company?", SCOPE).hit
+    local_cache.store("Who founded the company?", SCOPE, answer("Ann"))
+    hit = local_cache.lookup("Who was it that founded the company?", SCOPE).hit
     assert hit is not None and hit.answer.answer == "Ann"
 
 

@@ -201,3 +201,39 @@ def test_the_rules_allow_what_they_should() -> None:
     )
     assert settings.index.chunk_overlap == 255 and settings.serving.prompt_lookup_min == 5
     assert settings.llm.max_tokens == 8192
+
+
+def test_state_mode_is_the_one_switch_to_shared_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_STATE__MODE", "shared")
+    monkeypatch.setenv("RAG_STATE__POSTGRES_URL", "postgresql://rag:s3cret@db.internal:5432/rag")
+
+    shared = load_settings("test")
+    embedded = load_settings("test", state={"mode": "embedded"})
+
+    assert shared.index.chroma_mode == "http"
+    assert shared.index.state_url is not None and shared.cache.state_url is not None
+    assert shared.cache.state_url.get_secret_value() == "postgresql://rag:s3cret@db.internal:5432/rag"
+    assert (shared.cache.chroma_host, shared.cache.chroma_port) == (shared.index.chroma_host, shared.index.chroma_port)
+    assert embedded.index.state_url is None and embedded.cache.state_url is None
+    assert embedded.index.chroma_mode == "embedded"
+    assert "s3cret" not in repr(shared) and "s3cret" not in str(shared.state)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"state": {"mode": "shared"}}, "state.postgres_url is required when state.mode is 'shared'"),
+        (
+            {"state": {"mode": "shared", "postgres_url": "mysql://rag:s3cret@db/rag"}},
+            "state.postgres_url: Value error, must be a postgresql://USER@HOST:PORT/DB URL (value not shown",
+        ),
+        (
+            {"state": {"mode": "shared", "postgres_url": "postgresql://db/rag"}, "index": {"chroma_mode": "embedded"}},
+            "index.chroma_mode must be 'http'",
+        ),
+    ],
+)
+def test_shared_mode_refuses_what_cannot_be_shared(overrides: dict[str, dict[str, str]], message: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings("test", **overrides)
+    assert message in str(refused.value) and "s3cret" not in str(refused.value)

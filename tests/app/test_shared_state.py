@@ -1,0 +1,262 @@
+"""`state.mode: shared` on real engines: two API replicas (two uvicorn processes of `app.api`)
+over one PostgreSQL (Debian's server on loopback) and one Chroma server, with the session's vLLM
+server answering. Each replica has its own cache folder, conversations file and turn-store file,
+so anything one replica sees of the other's work came through the shared servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import chromadb
+import httpx
+import pytest
+
+from app.store import ChatStore
+from config.settings import REPO_ROOT, sqlalchemy_url
+from indexing.docstore import DocStore
+from indexing.layout import IndexLayout
+from indexing.manifest import read_manifest
+from serving.launch import free_port
+from tests.app.api_server import API_KEY
+from tests.llm_server import LLMServer
+from tests.shared_servers import chroma_server, stop_process
+
+pytestmark = [pytest.mark.integration]
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+OTTER = b"# Otter rota\n\nThe river otters in enclosure nine are weighed every Thursday by keeper Marisol.\n"
+
+
+@dataclass
+class Shared:
+    postgres_url: str
+    chroma_port: int
+    root: Path
+
+
+@dataclass
+class Replica:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def chat(self, question: str, conversation_id: str | None = None, **extra: Any) -> dict[str, Any]:
+        body = {"messages": [{"role": "user", "content": question}], **extra}  # llm.max_tokens is small
+        if conversation_id:
+            body["conversation_id"] = conversation_id
+        response = httpx.post(f"{self.url}/v1/chat/completions", json=body, headers=AUTH, timeout=180)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+
+def shared_env(shared: Shared, llm: LLMServer, own: Path) -> dict[str, str]:
+    """Settings of one process in shared mode: shared servers and folders, private local files."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "RAG_PROFILE": "test",
+        "RAG_STATE__MODE": "shared",
+        "RAG_STATE__POSTGRES_URL": shared.postgres_url,
+        "RAG_INDEX__CHROMA_PORT": str(shared.chroma_port),
+        "RAG_INDEX__INDEX_DIR": str(shared.root / "index"),
+        "RAG_INDEX__DOCS_DIR": str(shared.root / "docs"),
+        "RAG_INDEX__TOP_K": "3",
+        "RAG_LLM__BASE_URL": llm.base_url,
+        "RAG_LLM__MODEL": llm.model,
+        "RAG_LLM__MAX_TOKENS": "16",
+        # Private per process: in shared mode none of these may be where shared state ends up.
+        "RAG_CACHE__DIR": str(own / "cache"),
+        "RAG_CHAINS__CONVERSATIONS_DB": str(own / "conversations.sqlite"),
+        "RAG_API__STORE_DB": str(own / "app.sqlite"),
+        "RAG_API__API_KEY": API_KEY,
+    }
+
+
+def start_replica(shared: Shared, llm: LLMServer, name: str) -> Replica:
+    own = shared.root / name
+    own.mkdir()
+    port = free_port()
+    log = own / "api.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.api", "--port", str(port)],
+            env=shared_env(shared, llm, own),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return Replica(f"http://127.0.0.1:{port}", proc, log)
+
+
+def wait_ready(replica: Replica, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(f"{replica.url}/health", timeout=5)
+            return
+        except httpx.HTTPError:
+            if replica.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"API replica did not start:\n{replica.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Shared]:
+    root = tmp_path_factory.mktemp("shared")
+    shutil.copytree(REPO_ROOT / "data" / "docs" / "user-guide", root / "docs" / "user-guide")
+    with chroma_server(root / "chroma") as port:
+        yield Shared(postgres_url, port, root)
+
+
+@pytest.fixture(scope="module")
+def replicas(shared: Shared, vllm_server: LLMServer) -> Iterator[tuple[Replica, Replica]]:
+    """Both start at once on an empty index: both build it, one after the other (the lock)."""
+    a, b = start_replica(shared, vllm_server, "a"), start_replica(shared, vllm_server, "b")
+    try:
+        wait_ready(a)
+        wait_ready(b)
+        yield a, b
+    finally:
+        stop_process(a.proc, 60)
+        stop_process(b.proc, 60)
+
+
+def test_a_conversation_started_on_one_replica_continues_on_the_other(
+    shared: Shared, replicas: tuple[Replica, Replica]
+) -> None:
+    a, b = replicas
+    conversation = f"shared-{uuid.uuid4().hex[:8]}"
+
+    a.chat("How do I upload a document?", conversation, use_cache=False)
+    b.chat("And how do I delete it again?", conversation, use_cache=False)
+
+    store = ChatStore(sqlalchemy_url(shared.postgres_url))
+    try:
+        questions = [t.question for t in store.turns(conversation)]
+    finally:
+        store.close()
+    assert questions == ["How do I upload a document?", "And how do I delete it again?"]
+    remembered = asyncio.run(checkpointed_texts(shared.postgres_url, conversation))
+    # B's agent ran on top of A's turn: one thread holds both questions, in order.
+    assert [q for q in remembered if q in questions] == questions
+    for replica in replicas:  # nothing went to the private files
+        own = Path(replica.log).parent
+        assert not (own / "conversations.sqlite").exists() and not (own / "app.sqlite").exists()
+
+
+async def checkpointed_texts(url: str, conversation: str) -> list[str]:
+    from chains.conversations import close_checkpointer, open_postgres_checkpointer, thread_config
+
+    saver = await open_postgres_checkpointer(url)
+    try:
+        state = await saver.aget_tuple(thread_config(conversation))
+    finally:
+        await close_checkpointer(saver)
+    assert state is not None, "no checkpoint of the conversation in PostgreSQL"
+    return [str(m.content) for m in state.checkpoint["channel_values"]["messages"] if m.type == "human"]
+
+
+def test_a_document_uploaded_through_one_replica_is_followed_and_retrieved_through_the_other(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    a, b = replicas
+    files = [("files", ("otter rota.md", OTTER, "text/markdown"))]
+    upload = httpx.post(f"{a.url}/v1/documents", files=files, headers=AUTH, timeout=60)
+    assert upload.status_code == 202, upload.text
+    job_id = upload.json()["job"]["id"]
+    deadline = time.monotonic() + 300
+    # The job runs on A and is followed on B: its snapshots are in PostgreSQL.
+    while (job := httpx.get(f"{b.url}/v1/documents/jobs/{job_id}", headers=AUTH, timeout=30).json())["state"] not in (
+        "done",
+        "failed",
+    ):
+        assert time.monotonic() < deadline, "ingest job did not finish"
+        time.sleep(0.3)
+    assert job["state"] == "done" and job["results"] == [
+        {"path": "uploads/otter rota.md", "status": "added", "reason": None}
+    ]
+
+    answer = b.chat("When are the river otters in enclosure nine weighed?", use_cache=False, top_k=3)
+
+    assert any(s["file"].endswith("otter rota.md") for s in answer["sources"]), answer["sources"]
+
+
+def test_an_answer_cached_by_one_replica_is_a_hit_on_the_other(replicas: tuple[Replica, Replica]) -> None:
+    a, b = replicas
+    question = "What file types can I upload to the assistant?"
+
+    first = a.chat(question)
+    second = b.chat(question)
+
+    assert first["cached"] is False
+    assert second["cached"] is True
+    assert second["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+
+
+def test_two_ingests_at_once_on_the_chroma_server_both_finish_consistently(
+    shared: Shared, vllm_server: LLMServer, tmp_path: Path
+) -> None:
+    """Two ingest processes of one index at the same moment: the PostgreSQL lock makes the second
+    wait for the first; the index then holds both folders' chunks exactly once."""
+    docs = shared.root / "docs" / "user-guide"
+    halves = sorted(docs.iterdir())
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder, files in ((one, halves[::2]), (two, halves[1::2])):
+        folder.mkdir()
+        for f in files:
+            shutil.copy(f, folder / f.name)
+    env = shared_env(shared, vllm_server, tmp_path)
+    env["RAG_INDEX__INDEX_DIR"] = str(tmp_path / "index")
+    env["RAG_INDEX__COLLECTION"] = "concurrent-ingest"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "indexing", "ingest", "--quiet", str(folder)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for folder in (one, two)
+    ]
+    waited = saw_an_ingest_waiting_for_the_lock(shared.postgres_url, procs)
+    outputs = [p.communicate(timeout=600)[0].decode() for p in procs]
+
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert waited, "the two ingests never met at the lock: the test did not exercise it"
+    layout = IndexLayout(tmp_path / "index")
+    manifest = read_manifest(layout.manifest)
+    store = DocStore(layout.docstore, readonly=True)
+    try:
+        chunk_ids = list(store.sorted_chunk_ids())
+        documents, chunks = store.counts()
+    finally:
+        store.close()
+    client = chromadb.HttpClient(host="127.0.0.1", port=shared.chroma_port)
+    stored = client.get_collection("concurrent-ingest").get(include=[])["ids"]
+    assert documents == len(halves) == manifest.documents
+    assert sorted(stored) == chunk_ids and len(set(stored)) == len(stored) == chunks == manifest.chunks
+
+
+def saw_an_ingest_waiting_for_the_lock(url: str, procs: list[subprocess.Popen[bytes]]) -> bool:
+    """Watch PostgreSQL while the processes run: was an ingest ever waiting on the advisory lock?"""
+    import psycopg
+
+    seen = False
+    with psycopg.connect(url, autocommit=True) as conn:
+        while any(p.poll() is None for p in procs):
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'ragchat ingest%' "
+                "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+            ).fetchone()
+            seen = seen or bool(row and row[0])
+            time.sleep(0.2)
+    return seen
