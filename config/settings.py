@@ -367,6 +367,8 @@ class EvaluationSettings(_Section):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/") if value else value
+
+
 def sqlalchemy_url(postgres_url: str) -> str:
     """A `postgresql://` URL as SQLAlchemy spells it with the psycopg 3 driver."""
     return "postgresql+psycopg://" + postgres_url.split("://", 1)[1]
