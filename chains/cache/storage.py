@@ -9,9 +9,9 @@ Why it is not GPTCache's `get`/`put`:
 * `put` swallows storage errors into a log line; here they raise, so a broken store is noticed.
 * GPTCache's faiss store rewrites the whole index file on every flush (about 6 MB at 4,000
   entries). Here the flush is deferred: after `flush_every` stores, after `flush_interval_s`,
-  and on close. sqlite commits each row (vector included) at once, so nothing is lost in a
-  crash: on open, rows missing from the faiss file (the unflushed tail) are re-added from sqlite
-  and vectors of rows sqlite no longer has are dropped.
+  and on close. sqlite commits each row (vector included) at once, so nothing is lost when the
+  process dies: on open, rows missing from the faiss file (the unflushed tail) are re-added from
+  sqlite and vectors of rows sqlite no longer has are dropped.
 
 GPTCache runs `pip install` when an optional dependency is missing; importing this module makes
 that helper raise instead. `init_similar_cache_from_config` (unsafe YAML) is never called.
@@ -62,6 +62,15 @@ class Candidate:
     cosine: float
 
 
+BUSY_TIMEOUT_S = 0.25
+"""How long a cache read or write waits for a sqlite lock another connection holds: a miss is
+cheaper than a turn held up (sqlite's default is 5 s, behind the cache's one lock)."""
+
+
+class StoreGoneError(RuntimeError):
+    """The store's files were deleted or replaced while it was open."""
+
+
 class ScopeStore:
     """sqlite + faiss for one scope; not thread-safe (the cache holds a lock around it)."""
 
@@ -84,12 +93,19 @@ class ScopeStore:
         self._flush_interval_s = flush_interval_s
         self._clock = clock
         self._sql = _sqlite_storage(path / "sqlite.db")
+        self._identity = _identity(path / "sqlite.db")
         self._faiss = _faiss_index(str(path / "faiss.index"), dimension, top_k)
         self._manager = get_data_manager(
             self._sql, self._faiss, max_size=max_entries, clean_size=max(1, max_entries // 10)
         )
         self._pending = self._reconcile()
         self._last_flush = clock()
+
+    def ensure_present(self) -> None:
+        """Raise StoreGoneError when the sqlite file on disk is no longer the one opened: an open
+        connection would go on serving (and storing into) a deleted file without an error."""
+        if _identity(self.path / "sqlite.db") != self._identity:
+            raise StoreGoneError(f"the cache store {self.path} was deleted or replaced while open")
 
     def search(self, vector: np.ndarray, floor: float) -> list[Candidate]:
         """Cached questions with cosine >= floor, best first (at most `top_k`)."""
@@ -149,24 +165,34 @@ class ScopeStore:
         return len(missing) + len(stale)
 
 
-def _sqlite_storage(db: Path) -> Any:
-    """GPTCache's SQL storage on a WAL-mode sqlite file, with a one-query, read-only fetch.
+def _identity(db: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(db)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
-    WAL with synchronous=NORMAL makes each store's commit cheap (no fsync wait) and can only lose
-    the last commits on power loss, which a cache can afford.
+
+def _sqlite_storage(db: Path) -> Any:
+    """GPTCache's SQL storage on a sqlite file, with a one-query, read-only fetch.
+
+    Rollback journal (TRUNCATE) with synchronous=OFF: commits wait for no fsync (about 0.05 ms)
+    and only an OS crash or power loss can cost the last commits (a damaged store is then
+    quarantined), which a cache can afford. Not WAL: WAL maps its `-shm` file into memory, and a
+    truncated `-shm` killed the whole process with SIGBUS in the fault tests.
     """
     from gptcache.manager.scalar_data.sql_storage import SQLStorage
     from sqlalchemy import event, select
 
     def pragmas(conn: Any, _record: Any) -> None:
         cursor = conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA journal_mode=TRUNCATE")
+        cursor.execute("PRAGMA synchronous=OFF")
         cursor.close()
 
     class Storage(SQLStorage):
         def __init__(self) -> None:
-            super().__init__("sqlite", f"sqlite:///{db}")
+            super().__init__("sqlite", f"sqlite:///{db}?timeout={BUSY_TIMEOUT_S}")
             event.listen(self._engine, "connect", pragmas)
             self._engine.dispose()  # the connection that created the tables predates the pragmas
 
