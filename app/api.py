@@ -44,6 +44,7 @@ from app.documents import DocumentError, UnknownDocumentError, UploadTooLargeErr
 from app.errors import NotFoundError
 from app.service import ChatService
 from chains import Source, TurnResult
+from chains.conversations import ConversationBusyError, ConversationDamagedError
 from chains.questions import QuestionError
 from config.settings import Settings
 
@@ -355,6 +356,8 @@ def _add_error_handlers(app: FastAPI, metrics: ApiMetrics) -> None:
     # Most specific first: an error is answered by the first kind it is an instance of.
     statuses: list[tuple[type[Exception], int, str]] = [
         (QuestionError, 400, "invalid_request_error"),
+        (ConversationBusyError, 503, "conversation_store_busy"),
+        (ConversationDamagedError, 409, "conversation_damaged"),
         (UploadTooLargeError, 413, "request_too_large"),
         (DocumentError, 400, "invalid_request_error"),
         (NotFoundError, 404, "not_found_error"),

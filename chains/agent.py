@@ -31,7 +31,7 @@ from langchain_core.runnables import RunnableConfig
 
 from chains.condense import condense_question, has_turns
 from chains.context import PassageRegistry, TurnContext
-from chains.conversations import Conversations, open_checkpointer, thread_config
+from chains.conversations import Conversations, open_checkpointer, store_errors, thread_config
 from chains.followups import fuse, needs_history, rejection
 from chains.llm import endpoint, idle_limited, make_chat_model, unavailable_reason, within
 from chains.loop_thread import LoopThread
@@ -422,7 +422,8 @@ class RagAgent:
         events = self._graph.astream(
             {"messages": [asked]}, config, context=context, stream_mode="messages", durability="exit"
         )
-        async with aclosing(idle_limited(events, self._settings.llm.request_timeout_s)) as limited:
+        limited = idle_limited(events, self._settings.llm.request_timeout_s)
+        async with store_errors(cid), aclosing(limited):  # the graph reads and writes the conversation
             async for event in limited:
                 chunk, metadata = cast(tuple[BaseMessage, dict[str, Any]], event)
                 if metadata.get("langgraph_node") == "model" and isinstance(chunk, AIMessageChunk) and chunk.text:
@@ -451,9 +452,7 @@ class RagAgent:
                 self._cache.record_saved(saved)
         yield result
 
-    async def _answer_from_passages(
-        self, turn: _Turn, registry: PassageRegistry, failure: str
-    ) -> AsyncIterator[Piece]:
+    async def _answer_from_passages(self, turn: _Turn, registry: PassageRegistry, failure: str) -> AsyncIterator[Piece]:
         """The retrieval-only answer when the model server cannot answer (before any text of its own)."""
         logger.warning("answering from retrieval only: %s", failure)
         answer = retrieval_only_answer(failure, registry.sources)

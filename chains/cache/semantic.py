@@ -330,7 +330,7 @@ class SemanticCache:
             else:
                 self._quarantine(key, action, exc)
             return None
-        if key in self._locked:
+        if action == "store" and key in self._locked:  # a write went through: the lock is gone
             self._locked.discard(key)
             log.info("semantic cache store is free again")
         return result

@@ -81,7 +81,8 @@ def test_engine_killed_mid_answer_gives_an_error_event_and_keeps_the_partial_ans
         texts = 0
         for event in _events(r):
             received.append(event)
-            texts += isinstance(event, dict) and "choices" in event and bool(event["choices"][0]["delta"].get("content"))
+            delta = event["choices"][0]["delta"] if isinstance(event, dict) and "choices" in event else {}
+            texts += bool(delta.get("content"))
             if texts == 3 and not proxy.refuse:
                 proxy.refuse = True  # the engine stays dead ...
                 proxy.cut()  # ... from the middle of this answer on
