@@ -8,7 +8,9 @@ import errno
 import os
 import random
 import shutil
+import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from llama_index.vector_stores.chroma import ChromaVectorStore
 
 from config.settings import IndexSettings
 from indexing.docstore import DocStore
-from indexing.errors import IndexLockedError
+from indexing.errors import DiskFullError, IndexLockedError
 from indexing.pipeline import ingest
 from tests.indexing.index_fixtures import chroma_records
 from tests.indexing.test_ingest_interrupted import kill_at, snapshot, write_long_corpus
@@ -146,10 +148,11 @@ def test_disk_full_during_ingest_is_a_clear_error_and_loses_nothing_stored(
 
         monkeypatch.setattr(DocStore, "commit", failing_commit)
 
-    with pytest.raises(OSError) as failed:
+    with pytest.raises(DiskFullError) as failed:
         ingest(settings, progress=False, embed_model=embed_model)
     message = str(failed.value)
     assert failed.value.errno == errno.ENOSPC and "No space left on device" in message
+    assert "is full" in message and "committed before are kept" in message and "run the ingest again" in message
 
     after = snapshot(settings)
     assert after["manifest"] == before["manifest"], "the manifest still describes what is committed"
@@ -159,6 +162,53 @@ def test_disk_full_during_ingest_is_a_clear_error_and_loses_nothing_stored(
     assert set(before["chunks"]) <= set(after["chunks"])
 
     monkeypatch.undo()  # space freed: the next run finishes the job
+    healed = ingest(settings, progress=False, embed_model=embed_model)
+    assert healed.ok, healed.summary()
+    assert snapshot(settings) == expected
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB tmpfs of its own (the tests run as root, as CI does)."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+@pytest.mark.timeout(180)
+def test_a_really_full_disk_stops_the_ingest_clearly_and_keeps_what_was_committed(
+    small_disk: Path, reference: tuple[IndexSettings, dict[str, Any]], embed_model: Any
+) -> None:
+    """No injection: the index lives on a small tmpfs that a ballast file fills up mid-ingest."""
+    from indexing.retrieval import open_retriever
+
+    clean, expected = reference
+    settings = clean.model_copy(update={"index_dir": small_disk / "index"})
+    assert ingest(settings, [Path(clean.docs_dir) / "a"], progress=False, embed_model=embed_model).ok
+    before = snapshot(settings)
+    ballast = small_disk / "ballast"
+    with ballast.open("wb") as fh:  # leave ~200 kB: less than the other six files need
+        fh.write(b"\0" * max(0, shutil.disk_usage(small_disk).free - 200 * 1024))
+
+    with pytest.raises(DiskFullError) as failed:
+        ingest(settings, progress=False, embed_model=embed_model)
+    message = str(failed.value)
+    assert f"the disk holding the index at {settings.index_dir} is full" in message
+    assert "run the ingest again" in message
+
+    ballast.unlink()  # space freed (Chroma cannot even be read on a full disk: a read compacts its log)
+    after = snapshot(settings)
+    assert after["manifest"] == before["manifest"] and set(before["chunks"]) <= set(after["chunks"])
+    for source, record in before["docs"].items():
+        assert after["docs"][source] == record
+    with open_retriever(settings, embed_model=embed_model) as retriever:  # answers from what was published
+        found = retriever.retrieve("Fact 1.2 about glaciers")
+        assert found and {p.node_id for p in found} <= set(before["chunks"])
+
     healed = ingest(settings, progress=False, embed_model=embed_model)
     assert healed.ok, healed.summary()
     assert snapshot(settings) == expected
