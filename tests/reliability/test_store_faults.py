@@ -116,10 +116,30 @@ def test_damaged_conversation_fails_alone_with_a_clear_error(make_settings: Sett
         assert len(agent.history("healthy")) == len(healthy_before) + 2
         _answered(agent.invoke(QUESTIONS[1], "new-one"))
 
-        agent.delete_conversation("damaged")  # the way out the error names
-        _answered(agent.invoke(QUESTIONS[1], "damaged"))
-        assert len(agent.history("damaged")) == 2
+    from app.api import create_app
+    from app.service import ChatService
+
+    with ChatService.from_settings(settings) as service:  # the same through the API: a 409 for that one only
+        api = start_api(create_app(settings, service))
+        try:
+            refused = _ask(api.base_url, "damaged", QUESTIONS[2])
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["error"]["type"] == "conversation_damaged"
+            assert _ask(api.base_url, "healthy", QUESTIONS[2]).status_code == 200
+            service.delete_conversation("damaged")  # the way out the error names
+            assert _ask(api.base_url, "damaged", QUESTIONS[2]).status_code == 200
+        finally:
+            api.stop()
     assert _conversation_ids(db) == {"damaged", "healthy", "new-one"}
+
+
+def _ask(base_url: str, cid: str, question: str) -> httpx.Response:
+    return httpx.post(
+        f"{base_url}/chat/completions",
+        json={"messages": [{"role": "user", "content": question}]},
+        headers={"X-Conversation-Id": cid},
+        timeout=120,
+    )
 
 
 @pytest.mark.timeout(180)
@@ -132,21 +152,12 @@ def test_locked_conversations_database_is_a_clear_503_and_loses_nothing(make_set
     with ChatService.from_settings(settings) as service:
         api = start_api(create_app(settings, service))
         try:
-
-            def ask(cid: str, question: str) -> httpx.Response:
-                return httpx.post(
-                    f"{api.base_url}/chat/completions",
-                    json={"messages": [{"role": "user", "content": question}]},
-                    headers={"X-Conversation-Id": cid},
-                    timeout=120,
-                )
-
             for cid in ("first", "second"):
-                assert ask(cid, QUESTIONS[0]).status_code == 200
+                assert _ask(api.base_url, cid, QUESTIONS[0]).status_code == 200
             holder = sqlite3.connect(db, isolation_level=None)
             holder.execute("BEGIN EXCLUSIVE")  # another process writes the database and does not let go
             try:
-                refused = ask("first", QUESTIONS[1])
+                refused = _ask(api.base_url, "first", QUESTIONS[1])
             finally:
                 holder.rollback()
                 holder.close()
@@ -156,7 +167,7 @@ def test_locked_conversations_database_is_a_clear_503_and_loses_nothing(make_set
             assert "try again" in error["message"]
 
             for cid in ("first", "second"):  # released: both go on, with their history intact
-                assert ask(cid, QUESTIONS[1]).status_code == 200
+                assert _ask(api.base_url, cid, QUESTIONS[1]).status_code == 200
                 assert len(service.history(cid)) == 2
         finally:
             api.stop()
