@@ -445,7 +445,8 @@ def _is_locked(exc: BaseException) -> bool:
 
 def _first_line(exc: BaseException) -> str:
     """The error without SQLAlchemy's appended SQL and parameters (question text stays out of logs)."""
-    return str(getattr(exc, "orig", exc)).splitlines()[0] if str(exc) else type(exc).__name__
+    text = str(getattr(exc, "orig", exc)) or str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _scope_dict(scope: CacheScope) -> dict[str, str]:

@@ -166,6 +166,7 @@ class ScopeStore:
 
 
 def _identity(db: Path) -> tuple[int, int] | None:
+    """Which file `db` is now (device, inode); None when there is none."""
     try:
         st = os.stat(db)
     except FileNotFoundError:
@@ -179,7 +180,7 @@ def _sqlite_storage(db: Path) -> Any:
     Rollback journal (TRUNCATE) with synchronous=OFF: commits wait for no fsync (about 0.05 ms)
     and only an OS crash or power loss can cost the last commits (a damaged store is then
     quarantined), which a cache can afford. Not WAL: WAL maps its `-shm` file into memory, and a
-    truncated `-shm` killed the whole process with SIGBUS in the fault tests.
+    truncated `-shm` killed the whole process with SIGBUS in a fault experiment.
     """
     from gptcache.manager.scalar_data.sql_storage import SQLStorage
     from sqlalchemy import event, select
