@@ -123,6 +123,11 @@ test: install ## Run the whole test suite (unit + integration with a real vLLM C
 	$(PY) -m serving tiny-model --quiet
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+.PHONY: test-reliability
+test-reliability: install ## Only the fault tests (tests/reliability): engine killed or slow, stores damaged or locked, ingest killed
+	$(PY) -m serving tiny-model --quiet
+	$(PY) -m pytest tests/reliability $(PYTEST_ARGS)
+
 test-fast: $(VENV)/.installed ## Only the tests that start no servers and need no engine environment
 	$(PY) -m pytest -m "not integration and not engine" $(PYTEST_ARGS)
 

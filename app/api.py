@@ -44,6 +44,7 @@ from app.documents import DocumentError, UnknownDocumentError, UploadTooLargeErr
 from app.errors import NotFoundError
 from app.service import ChatService
 from chains import Source, TurnResult
+from chains.conversations import ConversationBusyError, ConversationDamagedError
 from chains.questions import QuestionError
 from config.settings import Settings
 
@@ -160,6 +161,8 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
                 async for piece in pieces:
                     if isinstance(piece, TurnResult):
                         metrics.turn(piece)
+                        if piece.interrupted:
+                            raise HTTPException(502, _cut_off(piece), headers=headers)
                         return JSONResponse(completion_json(piece, completion_id, turn_id, model_name), headers=headers)
             raise RuntimeError("the turn ended without a result")
         first = await anext(pieces)  # errors (a bad question) become HTTP errors, not a broken stream
@@ -180,6 +183,11 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
                     yield _sse(chunk_json(completion_id, model_name, {"content": piece}))
                     piece = await anext(pieces)
                 metrics.turn(piece)
+                if piece.interrupted:  # the text so far is all there is: say so, as OpenAI does mid-stream
+                    yield _sse(error_json(_cut_off(piece), "server_error", code="model_server_failed"))
+                    yield "data: [DONE]\n\n"
+                    finished = True
+                    return
                 final = chunk_json(
                     completion_id,
                     model_name,
@@ -263,6 +271,10 @@ def _service(request: Request) -> ChatService:
 Service = Annotated[ChatService, Depends(_service)]
 
 
+def _cut_off(result: TurnResult) -> str:
+    return f"the answer was cut off: {result.error}; the partial answer is stored in the conversation, marked stopped"
+
+
 def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -344,6 +356,8 @@ def _add_error_handlers(app: FastAPI, metrics: ApiMetrics) -> None:
     # Most specific first: an error is answered by the first kind it is an instance of.
     statuses: list[tuple[type[Exception], int, str]] = [
         (QuestionError, 400, "invalid_request_error"),
+        (ConversationBusyError, 503, "conversation_store_busy"),
+        (ConversationDamagedError, 409, "conversation_damaged"),
         (UploadTooLargeError, 413, "request_too_large"),
         (DocumentError, 400, "invalid_request_error"),
         (NotFoundError, 404, "not_found_error"),

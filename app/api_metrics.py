@@ -42,7 +42,15 @@ class ApiMetrics:
 
     def turn(self, result: TurnResult) -> None:
         """Count a finished turn and its stages (a turn that looked in the cache spent time there)."""
-        outcome = "cached" if result.cached else "retrieval_only" if result.retrieval_only else "answered"
+        outcome = (
+            "cached"
+            if result.cached
+            else "retrieval_only"
+            if result.retrieval_only
+            else "interrupted"
+            if result.interrupted
+            else "answered"
+        )
         self.turns.labels(outcome).inc()
         t = result.timings
         if result.cached or t.cache_lookup_s > 0:

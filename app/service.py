@@ -438,7 +438,7 @@ def _turn_from_result(turn_id: str, result: TurnResult) -> ChatTurn:
         sources=result.sources,
         cached=result.cached,
         retrieval_only=result.retrieval_only,
-        stopped=False,
+        stopped=result.interrupted,  # cut short by the model server: kept, marked like a stopped answer
         timings=result.timings,
         notices=result.notices,
         created_at=time.time(),

@@ -93,7 +93,8 @@ class ChatTurn:
     cached: bool
     retrieval_only: bool
     stopped: bool
-    """The user stopped the answer; `answer` is what had arrived."""
+    """The answer ended early: the user stopped it, or the model server failed midway (`notices`
+    say which); `answer` is what had arrived."""
     timings: Timings
     notices: tuple[str, ...]
     created_at: float

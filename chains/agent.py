@@ -6,7 +6,8 @@ history or when the question names its subject; a rewrite that fails the checks 
 rewritten follow-up, also for the question as asked, fused); run the LangChain agent with those
 passages already in its first prompt; stream its text; store the turn in the conversation and the
 answer in the cache. When the model server cannot answer, the turn still returns, within the
-configured timeout, the top passages with citations, marked `retrieval_only`.
+configured timeout, the top passages with citations, marked `retrieval_only`; when it fails after
+its answer started, the turn ends with the text that arrived, marked `interrupted`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from chains.conversations import (
     close_checkpointer,
     open_checkpointer,
     open_postgres_checkpointer,
+    store_errors,
     thread_config,
 )
 from chains.followups import fuse, needs_history, rejection
@@ -364,8 +366,11 @@ class RagAgent:
                     failure = unavailable_reason(exc, self._base_url)
                     if failure is None:
                         raise
+            if failure is not None and pieces:
+                yield await self._interrupted(turn, "".join(pieces), registry, failure)
+                return
             if failure is not None:
-                async for piece in self._answer_from_passages(turn, "".join(pieces), registry, failure):
+                async for piece in self._answer_from_passages(turn, registry, failure):
                     yield piece
                 return
             answer = "".join(pieces) or await self._last_answer(turn.conversation_id)
@@ -429,7 +434,8 @@ class RagAgent:
         events = self._graph.astream(
             {"messages": [asked]}, config, context=context, stream_mode="messages", durability="exit"
         )
-        async with aclosing(idle_limited(events, self._settings.llm.request_timeout_s)) as limited:
+        limited = idle_limited(events, self._settings.llm.request_timeout_s)
+        async with store_errors(cid), aclosing(limited):  # the graph reads and writes the conversation
             async for event in limited:
                 chunk, metadata = cast(tuple[BaseMessage, dict[str, Any]], event)
                 if metadata.get("langgraph_node") == "model" and isinstance(chunk, AIMessageChunk) and chunk.text:
@@ -458,18 +464,24 @@ class RagAgent:
                 self._cache.record_saved(saved)
         yield result
 
-    async def _answer_from_passages(
-        self, turn: _Turn, partial: str, registry: PassageRegistry, failure: str
-    ) -> AsyncIterator[Piece]:
-        """The retrieval-only answer when the model server cannot answer (after any text it sent)."""
+    async def _answer_from_passages(self, turn: _Turn, registry: PassageRegistry, failure: str) -> AsyncIterator[Piece]:
+        """The retrieval-only answer when the model server cannot answer (before any text of its own)."""
         logger.warning("answering from retrieval only: %s", failure)
-        tail = ("\n\n" if partial else "") + retrieval_only_answer(failure, registry.sources)
+        answer = retrieval_only_answer(failure, registry.sources)
         turn.trace.mark_text()
-        yield tail
-        answer = partial + tail
+        yield answer
         await self._conversations.record(turn.conversation_id, turn.asked, AIMessage(answer, id=uuid.uuid4().hex))
         turn.notices.append(f"answered from retrieval only: {failure}")
         yield turn.result(answer, registry.sources, retrieval_only=True, error=failure)
+
+    async def _interrupted(self, turn: _Turn, partial: str, registry: PassageRegistry, failure: str) -> TurnResult:
+        """The result of an answer the model server stopped sending midway: the text that arrived,
+        kept in the conversation, marked `interrupted` (never cached). Appending a passage list
+        would pass a broken answer off as a finished one to a client that watched it stream."""
+        logger.warning("the answer was cut off: %s", failure)
+        await self._conversations.record(turn.conversation_id, turn.asked, AIMessage(partial, id=uuid.uuid4().hex))
+        turn.notices.append(f"the answer was cut off: {failure}")
+        return turn.result(partial, registry.cited(partial), interrupted=True, error=failure)
 
     def _scope(self) -> CacheScope:
         from chains.cache import CacheScope
@@ -536,6 +548,7 @@ class _Turn:
         *,
         cached: bool = False,
         retrieval_only: bool = False,
+        interrupted: bool = False,
         error: str | None = None,
     ) -> TurnResult:
         return TurnResult(
@@ -546,6 +559,7 @@ class _Turn:
             standalone_question=self.standalone,
             cached=cached,
             retrieval_only=retrieval_only,
+            interrupted=interrupted,
             notices=tuple(self.notices),
             timings=self.trace.timings(),
             tokens=self.trace.usage(),

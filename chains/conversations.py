@@ -11,8 +11,10 @@ turn is part of the history either way.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 from langchain_core.messages import BaseMessage
@@ -24,9 +26,51 @@ from langgraph.graph.state import CompiledStateGraph
 POOL_SIZE = 8
 """Most PostgreSQL connections one process's conversations use (turns of different conversations run at once)."""
 
+T = TypeVar("T")
+
 
 class ConversationStoreError(RuntimeError):
     """The conversations database cannot be opened; nothing in it was changed."""
+
+
+class ConversationBusyError(ConversationStoreError):
+    """Another connection holds the conversations database's lock; nothing was changed, try again."""
+
+
+class ConversationDamagedError(ConversationStoreError):
+    """One conversation's stored state cannot be read; the other conversations are unaffected."""
+
+
+@asynccontextmanager
+async def store_errors(conversation_id: str) -> AsyncIterator[None]:
+    """Turn the store's low-level errors inside the block into the two errors a caller can act on.
+
+    Only sqlite errors and undecodable checkpoints (msgpack's ValueError, raised while reading
+    state) are translated; anything else passes through unchanged.
+    """
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        raise ConversationBusyError(
+            f"the conversations database is locked by another connection ({exc}); "
+            f"conversation {conversation_id!r} was not changed; try again"
+        ) from exc
+
+
+async def _read(conversation_id: str, reading: Awaitable[T]) -> T:
+    """`reading`'s result; a checkpoint that cannot be decoded becomes ConversationDamagedError."""
+    async with store_errors(conversation_id):
+        try:
+            return await reading
+        except (ValueError, TypeError, sqlite3.DatabaseError) as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise ConversationDamagedError(
+                f"conversation {conversation_id!r} is damaged in the conversations database "
+                f"({type(exc).__name__}: {exc}); other conversations are unaffected; delete it or start a new one"
+            ) from exc
 
 
 async def open_checkpointer(path: Path) -> AsyncSqliteSaver:
@@ -91,7 +135,7 @@ class Conversations:
 
     async def messages(self, conversation_id: str) -> list[BaseMessage]:
         """The stored history (a summary message first once the summary memory has run)."""
-        state = await self._graph.aget_state(thread_config(conversation_id))
+        state = await _read(conversation_id, self._graph.aget_state(thread_config(conversation_id)))
         return list(state.values.get("messages", []))
 
     async def record(self, conversation_id: str, *messages: BaseMessage) -> None:
@@ -100,10 +144,12 @@ class Conversations:
         stored = {m.id for m in await self.messages(conversation_id)}
         missing = [m for m in messages if m.id is None or m.id not in stored]
         if missing:
-            await self._graph.aupdate_state(thread_config(conversation_id), {"messages": missing}, as_node="model")
+            async with store_errors(conversation_id):
+                await self._graph.aupdate_state(thread_config(conversation_id), {"messages": missing}, as_node="model")
 
     async def delete(self, conversation_id: str) -> None:
         """Forget a conversation."""
         checkpointer = self._graph.checkpointer
         if isinstance(checkpointer, BaseCheckpointSaver):
-            await checkpointer.adelete_thread(conversation_id)
+            async with store_errors(conversation_id):
+                await checkpointer.adelete_thread(conversation_id)

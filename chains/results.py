@@ -100,7 +100,10 @@ class TurnResult:
     steps: tuple[Step, ...] = ()
     """The agent loop's model and tool calls in order (empty for cache hits and retrieval-only answers)."""
     error: str | None = None
-    """Why the model could not answer (only with `retrieval_only`)."""
+    """Why the model could not answer (only with `retrieval_only` or `interrupted`)."""
+    interrupted: bool = False
+    """The model server failed after the answer had started: `answer` is the text that arrived,
+    cut short (a client that saw it stream must learn it is incomplete, not get a new answer)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (for the HTTP API and the CLI)."""

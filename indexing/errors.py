@@ -19,6 +19,10 @@ class EmbeddingMismatchError(IndexingError):
     """The index was built with another embedding model than the settings ask for."""
 
 
+class DiskFullError(IndexingError, OSError):
+    """The disk holding the index filled up mid-ingest; what was committed before is kept."""
+
+
 class IndexLockedError(IndexingError):
     """Another process is writing this embedded index right now."""
 

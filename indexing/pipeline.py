@@ -12,9 +12,11 @@ docstore at the end, whenever the content version differs from the manifest's.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import logging
 import os
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -30,7 +32,7 @@ from config.settings import IndexSettings
 from indexing import bm25
 from indexing.chunking import CHUNKER_VERSION, Chunker, effective_chunk_size, model_tokenizer
 from indexing.docstore import ChunkRow, DocRecord, DocStore, Inflight
-from indexing.errors import UnreadableFileError
+from indexing.errors import DiskFullError, UnreadableFileError
 from indexing.layout import FolderState, IndexLayout
 from indexing.lock import WriterLock, writer_lock
 from indexing.manifest import Manifest, content_version, now_iso, read_manifest_for_model, write_manifest
@@ -84,7 +86,38 @@ def ingest(
             raise layout.foreign_error()
         run = _IngestRun(settings, layout, embed_model, progress, on_stage)
         roots = [Path(os.path.abspath(p)) for p in paths] if paths else [settings.docs_dir]
-        return run.run(roots, prune)
+        try:
+            return run.run(roots, prune)
+        except Exception as exc:
+            full = _disk_full(exc, layout.root)
+            if full is None:
+                raise
+            raise full from exc
+
+
+LOW_SPACE_BYTES = 16 * 1024 * 1024
+"""Below this much free space an ingest failure is reported as a full disk: Chroma reports one as
+"Error in compaction: Failed to apply logs to the metadata segment", which names no cause."""
+
+
+def _disk_full(exc: Exception, root: Path) -> DiskFullError | None:
+    """A clear error when `exc` means the disk holding `root` is full, else None."""
+    text = str(exc).lower()
+    said = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    said = said or "disk is full" in text or "no space left" in text
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        free = None
+    if not said and (free is None or free >= LOW_SPACE_BYTES):
+        return None
+    left = "" if free is None else f", {free // 1024} kB free"
+    return DiskFullError(
+        errno.ENOSPC,
+        f"the ingest stopped because the disk holding the index at {root} is full{left} "
+        f"({type(exc).__name__}: {exc}). The files committed before are kept and still answer; "
+        "free some space and run the ingest again to finish the rest.",
+    )
 
 
 @dataclass

@@ -15,8 +15,10 @@ Why it looks the way it does:
   optional verifier (the served model) gives a last yes/no outside the lock.
 * `lookup` returns the question vector it searched with, so the caller can retrieve with it and
   hand it back to `store`: a miss embeds the question once for lookup, retrieval and store.
-* Failures of the store (garbage over the sqlite file or the faiss index, disk errors) never reach
-  the caller: one warning, the scope folder is moved to `corrupt/`, and the next call starts empty.
+* Failures of the store (garbage over the sqlite file or the faiss index, disk errors, its files
+  deleted while open) never reach the caller: one warning, the scope folder is moved to
+  `corrupt/`, and the next call starts empty. A store locked by another connection is not
+  damaged: calls miss or skip the store (one warning per episode) until the lock is gone.
 * One lock serialises access to the stores (sqlite session and faiss index are not thread-safe);
   the embedding runs outside it. One process should own a cache folder.
 * Shared mode (`shared=SharedServers(...)`): each scope's rows live in PostgreSQL and its vectors
@@ -45,7 +47,7 @@ import numpy as np
 
 from chains.cache.embedding import EmbeddingError, QuestionEmbedding
 from chains.cache.guards import ALL_GUARDS, GuardName, rejection
-from chains.cache.storage import Candidate, ScopeStore, SharedScopes, SharedServers
+from chains.cache.storage import BUSY_TIMEOUT_S, Candidate, ScopeStore, SharedScopes, SharedServers
 from chains.cache.verifier import Verifier
 
 if TYPE_CHECKING:
@@ -166,6 +168,7 @@ class SemanticCache:
         self._shared = shared
         self._chroma: Any = None  # shared mode: the Chroma server client and the scope registry,
         self._scopes: SharedScopes | None = None  # opened on first use
+        self._locked: set[str] = set()  # scopes whose store was found locked (warned once)
         self._hits = 0
         self._misses = 0
         self._time_saved_s = 0.0
@@ -338,10 +341,33 @@ class SemanticCache:
         """Run `call` on the scope's store; turn any store failure into one warning and a rebuild."""
         key = self._scope_key(scope)
         try:
-            return call(self._open(key, scope))
+            store = self._open(key, scope)
+            store.ensure_present()
+            result = call(store)
         except Exception as exc:
-            self._quarantine(key, action, exc)
-        return None
+            if _is_locked(exc):
+                self._locked_out(key, action, exc)
+            else:
+                self._quarantine(key, action, exc)
+            return None
+        if action == "store" and key in self._locked:  # a write went through: the lock is gone
+            self._locked.discard(key)
+            log.info("semantic cache store is free again")
+        return result
+
+    def _locked_out(self, key: str, action: str, exc: Exception) -> None:
+        """Another connection holds the store's lock: skip this call, keep the store (nothing is wrong with it)."""
+        if key in self._locked:
+            log.debug("semantic cache %s skipped: store still locked", action)
+            return
+        self._locked.add(key)
+        log.warning(
+            "semantic cache %s skipped: another connection has held the store's lock for over %g s (%s); "
+            "answering uncached until it is released",
+            action,
+            BUSY_TIMEOUT_S,
+            _first_line(exc),
+        )
 
     def _open(self, key: str, scope: CacheScope) -> ScopeStore:
         store = self._stores.get(key)
@@ -378,6 +404,7 @@ class SemanticCache:
                 store.abandon()
             except Exception:  # releasing a broken store may fail too; it is being discarded
                 log.debug("releasing a broken cache store failed", exc_info=True)
+        self._locked.discard(key)
         if self._shared is not None:
             log.warning(
                 "semantic cache %s failed (%s: %s); answering uncached, the store is reopened on the next call",
@@ -389,15 +416,16 @@ class SemanticCache:
         source = self.directory / "scopes" / key
         target = self.directory / "corrupt" / f"{key}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         try:
-            if source.exists():
+            moved = source.exists()
+            if moved:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source.rename(target)
             log.warning(
-                "semantic cache %s failed (%s: %s); store moved to %s, continuing with an empty cache",
+                "semantic cache %s failed (%s: %s); %s, continuing with an empty cache",
                 action,
                 type(exc).__name__,
-                exc,
-                target,
+                _first_line(exc),
+                f"store moved to {target}" if moved else "its files are gone",
             )
         except OSError as move_exc:
             self.enabled = False
@@ -455,6 +483,18 @@ class SemanticCache:
     def _scope_key(self, scope: CacheScope) -> str:
         blob = json.dumps({"embed_model": self.embed_model_name, **asdict(scope)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _is_locked(exc: BaseException) -> bool:
+    """sqlite's "database is locked" (SQLAlchemy wraps it; the original is `orig`)."""
+    orig = getattr(exc, "orig", exc)
+    return isinstance(orig, sqlite3.OperationalError) and "locked" in str(orig)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The error without SQLAlchemy's appended SQL and parameters (question text stays out of logs)."""
+    text = str(getattr(exc, "orig", exc)) or str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _scope_dict(scope: CacheScope) -> dict[str, str]:

@@ -15,9 +15,9 @@ Why it is not GPTCache's `get`/`put`:
 * `put` swallows storage errors into a log line; here they raise, so a broken store is noticed.
 * GPTCache's faiss store rewrites the whole index file on every flush (about 6 MB at 4,000
   entries). Here the flush is deferred: after `flush_every` stores, after `flush_interval_s`,
-  and on close. sqlite commits each row (vector included) at once, so nothing is lost in a
-  crash: on open, rows missing from the faiss file (the unflushed tail) are re-added from sqlite
-  and vectors of rows sqlite no longer has are dropped.
+  and on close. sqlite commits each row (vector included) at once, so nothing is lost when the
+  process dies: on open, rows missing from the faiss file (the unflushed tail) are re-added from
+  sqlite and vectors of rows sqlite no longer has are dropped.
 
 GPTCache runs `pip install` when an optional dependency is missing; importing this module makes
 that helper raise instead. `init_similar_cache_from_config` (unsafe YAML) is never called.
@@ -83,6 +83,14 @@ _PAYLOAD_CHARS = 1_000_000
 """Column length of questions and payloads in PostgreSQL (GPTCache's default VARCHAR(1000)/(3000) would
 refuse answers with their sources; sqlite ignores lengths)."""
 
+BUSY_TIMEOUT_S = 0.25
+"""How long a cache read or write waits for a sqlite lock another connection holds: a miss is
+cheaper than a turn held up (sqlite's default is 5 s, behind the cache's one lock)."""
+
+
+class StoreGoneError(RuntimeError):
+    """The store's files were deleted or replaced while it was open."""
+
 
 class ScopeStore:
     """SQL rows + vector index for one scope; not thread-safe (the cache holds a lock around it).
@@ -101,6 +109,7 @@ class ScopeStore:
         flush_every: int,
         flush_interval_s: float,
         clock: Callable[[], float] = time.monotonic,
+        identity_file: Path | None = None,
     ) -> None:
         from gptcache.manager import get_data_manager
 
@@ -111,6 +120,8 @@ class ScopeStore:
         self._clock = clock
         self._sql = sql
         self._faiss = vectors
+        self._identity_file = identity_file
+        self._identity = None if identity_file is None else _identity(identity_file)
         self._manager = get_data_manager(
             self._sql, self._faiss, max_size=max_entries, clean_size=max(1, max_entries // 10)
         )
@@ -126,7 +137,7 @@ class ScopeStore:
         except BaseException:
             sql.close()
             raise
-        return cls(str(path), sql, vectors, top_k=top_k, **options)
+        return cls(str(path), sql, vectors, top_k=top_k, identity_file=path / "sqlite.db", **options)
 
     @classmethod
     def shared(
@@ -147,6 +158,12 @@ class ScopeStore:
     def path(self) -> str:
         """Where the store lives (a folder, or server/table), for log lines."""
         return self.name
+
+    def ensure_present(self) -> None:
+        """Raise StoreGoneError when a local store's sqlite file on disk is no longer the one opened:
+        an open connection would go on serving (and storing into) a deleted file without an error."""
+        if self._identity_file is not None and _identity(self._identity_file) != self._identity:
+            raise StoreGoneError(f"the cache store {self.name} was deleted or replaced while open")
 
     def search(self, vector: np.ndarray, floor: float) -> list[Candidate]:
         """Cached questions with cosine >= floor, best first (at most `top_k`)."""
@@ -206,11 +223,23 @@ class ScopeStore:
         return len(missing) + len(stale)
 
 
+def _identity(db: Path) -> tuple[int, int] | None:
+    """Which file `db` is now (device, inode); None when there is none."""
+    try:
+        st = os.stat(db)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _sql_storage(url: str, table: str) -> Any:
     """GPTCache's SQL storage (sqlite file or PostgreSQL), with a one-query, read-only fetch.
 
-    A sqlite file runs in WAL mode with synchronous=NORMAL: each store's commit is cheap (no fsync
-    wait) and only the last commits can be lost on power loss, which a cache can afford.
+    A sqlite file uses a rollback journal (TRUNCATE) with synchronous=OFF: commits wait for no
+    fsync (about 0.05 ms) and only an OS crash or power loss can cost the last commits (a damaged
+    store is then quarantined), which a cache can afford. Not WAL: WAL maps its `-shm` file into
+    memory, and a truncated `-shm` killed the whole process with SIGBUS in a fault experiment.
+    A sqlite lock held by another connection is waited for at most BUSY_TIMEOUT_S.
     """
     from gptcache.manager.scalar_data.sql_storage import SQLStorage
     from sqlalchemy import event, select
@@ -220,13 +249,18 @@ def _sql_storage(url: str, table: str) -> Any:
 
     def pragmas(conn: Any, _record: Any) -> None:
         cursor = conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA journal_mode=TRUNCATE")
+        cursor.execute("PRAGMA synchronous=OFF")
         cursor.close()
 
     class Storage(SQLStorage):
         def __init__(self) -> None:
-            super().__init__("sqlite" if sqlite else "postgresql", url, table, lengths)
+            super().__init__(
+                "sqlite" if sqlite else "postgresql",
+                f"{url}?timeout={BUSY_TIMEOUT_S}" if sqlite else url,
+                table,
+                lengths,
+            )
             if sqlite:
                 event.listen(self._engine, "connect", pragmas)
                 self._engine.dispose()  # the connection that created the tables predates the pragmas

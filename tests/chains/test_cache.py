@@ -328,7 +328,7 @@ def test_a_corrupt_store_warns_once_moves_aside_and_rebuilds(
 def test_a_store_failing_on_write_warns_and_recovers(
     local_cache: SemanticCache, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Garbage over the sqlite file and its WAL between calls of the same object."""
+    """Garbage over the sqlite file and the faiss index between calls of the same object."""
     local_cache.close()
     folder = _scope_folder(local_cache)
     for name in ("sqlite.db", "faiss.index"):

@@ -26,10 +26,10 @@ from tests.indexing.stalled_ingest import STALLED
 TOPICS = ["rivers", "glaciers", "deserts", "forests", "oceans", "caves"]
 
 
-def write_long_corpus(root: Path) -> Path:
+def write_long_corpus(root: Path, topics: list[str] = TOPICS) -> Path:
     """Six files of ~3 kB; with commits of 5,000 characters the ingest takes three batches."""
     root.mkdir(parents=True)
-    for n, topic in enumerate(TOPICS):
+    for n, topic in enumerate(topics):
         sections = [
             f"## {topic.title()} part {s}\n\n"
             + " ".join(f"Fact {s}.{i} about {topic}: sample sentence number {i} for file {n}." for i in range(8))
@@ -61,10 +61,18 @@ def snapshot(settings: IndexSettings) -> dict[str, Any]:
     }
 
 
-def kill_at(settings: IndexSettings, stage: str, nth: int) -> None:
-    """Run an ingest until it reaches `stage` for the `nth` time, then SIGKILL it."""
+def kill_at(
+    settings: IndexSettings,
+    stage: str,
+    nth: int,
+    *extra: str,
+    module: str = "tests.indexing.stalled_ingest",
+    while_stalled: Callable[[int], None] | None = None,
+) -> None:
+    """Run an ingest (`python -m module stage nth *extra`) until it reaches `stage` for the `nth`
+    time, call `while_stalled(pid)` if given, then SIGKILL it."""
     proc = subprocess.Popen(
-        [PYTHON, "-m", "tests.indexing.stalled_ingest", stage, str(nth)],
+        [PYTHON, "-m", module, stage, str(nth), *extra],
         cwd=REPO_ROOT,
         env=cli_env(settings),
         stderr=subprocess.PIPE,
@@ -81,6 +89,8 @@ def kill_at(settings: IndexSettings, stage: str, nth: int) -> None:
                 pytest.fail(f"ingest never reached {stage}:{nth} (exit {proc.poll()}):\n{seen}")
             if selector.select(timeout=1):
                 seen += proc.stderr.readline()
+        if while_stalled is not None:
+            while_stalled(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
     finally:
