@@ -1,10 +1,11 @@
 """The OpenAI-compatible RAG API (FastAPI + uvicorn): `make api`, or `python -m app.api`.
 
-Every route calls the one `ChatService` of the process; the agent runs on its own event loop
+Every route calls the one `ChatService` of the process (of the caller's tenant, when
+`api.keys_file` maps keys to tenants: `app.tenants`); the agent runs on its own event loop
 thread and its blocking parts in worker threads, so concurrent requests never wait on each
 other here. A client that disconnects mid-stream cancels its model request. Bearer auth (every
-route but /health) when `api.api_key` is set; body and upload size limits; loopback by default;
-CORS only for `api.cors_origins`. Schema: docs/api.md.
+route but /health) when `api.api_key` or `api.keys_file` is set; body and upload size limits;
+loopback by default; CORS only for `api.cors_origins`. Schema: docs/api.md.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from app.api_schema import (
 from app.documents import DocumentError, UnknownDocumentError, UploadTooLargeError
 from app.errors import NotFoundError
 from app.service import ChatService
+from app.tenants import ServiceRegistry
 from chains import Source, TurnResult
 from chains.questions import QuestionError
 from config.settings import Settings
@@ -63,13 +65,14 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned = service is None
-        app.state.service = service or await asyncio.to_thread(ChatService.from_settings, settings)
+        registry = ServiceRegistry(settings, service)
+        if not registry.multi_tenant:  # one service, built now: a broken index stops the start
+            await asyncio.to_thread(registry.service, None)
+        app.state.services = registry
         try:
             yield
         finally:
-            if owned:
-                await asyncio.to_thread(app.state.service.close)
+            await asyncio.to_thread(registry.close)
 
     app = FastAPI(
         title="ragchat API",
@@ -85,20 +88,10 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     _add_error_handlers(app, metrics)
 
-    def require_key(authorization: Annotated[str | None, Header()] = None) -> None:
-        key = settings.api.api_key
-        if key is None:
-            return
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), key.get_secret_value().encode()
-        ):
-            raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
-
     @app.get("/health")
-    def health(service: Service) -> JSONResponse:
+    def health(request: Request) -> JSONResponse:
         """200 when engine, index and cache are all fine, else 503 naming the failing part."""
-        parts = service.health()
+        parts = cast(ServiceRegistry, request.app.state.services).health()
         failing = [name for name, part in parts.items() if not part.ok]
         body = {
             "status": "degraded" if failing else "ok",
@@ -107,7 +100,7 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
         }
         return JSONResponse(body, status_code=503 if failing else 200)
 
-    api = APIRouter(dependencies=[Depends(require_key)])
+    api = APIRouter(dependencies=[Depends(_tenant)])
 
     @api.get("/metrics")
     def prometheus() -> Response:
@@ -236,7 +229,7 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     def document_file(path: str, service: Service) -> FileResponse:
         """The original file of an indexed document (what citation URLs point at)."""
         known = {d.path for d in service.documents()}
-        docs = settings.index.docs_dir.resolve()
+        docs = service.settings.index.docs_dir.resolve()
         file = (docs / path).resolve()
         if path not in known or not file.is_relative_to(docs) or not file.is_file():
             raise UnknownDocumentError(f"no document {path!r} in the documents folder")
@@ -256,8 +249,28 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     return app
 
 
-def _service(request: Request) -> ChatService:
-    return cast(ChatService, request.app.state.service)
+def _tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str | None:
+    """The caller's tenant (None without a keys file); 401 for a missing or wrong key. Keys are
+    compared in constant time and never logged."""
+    registry = cast(ServiceRegistry, request.app.state.services)
+    key = registry.settings.api.api_key
+    if key is None and not registry.multi_tenant:
+        return None
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token:
+        if registry.multi_tenant:
+            tenant = registry.tenant_for(token)
+            if tenant is not None:
+                return tenant
+        elif key is not None and hmac.compare_digest(token.encode(), key.get_secret_value().encode()):
+            return None
+    raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _service(request: Request, tenant: Annotated[str | None, Depends(_tenant)]) -> ChatService:
+    """The service of the caller's tenant (opened on its first request, in a worker thread)."""
+    return cast(ServiceRegistry, request.app.state.services).service(tenant)
 
 
 Service = Annotated[ChatService, Depends(_service)]

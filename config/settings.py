@@ -325,6 +325,11 @@ class ApiSettings(_Section):
     """Origins allowed by CORS; empty (the default) turns CORS off."""
     engine_check_s: float = Field(2.0, gt=0, le=60)
     """Timeout of one engine health probe (status, /health)."""
+    keys_file: ProjectPath | None = None
+    """API keys file (JSON of key hashes, `python -m app.tenants add NAME`); when set, each key's tenant
+    gets its own documents, index, conversations, feedback and cache under `tenants_dir/NAME`."""
+    tenants_dir: ProjectPath = Path("data/tenants")
+    """Folder of the tenants' data folders (used only with `keys_file`)."""
 
     @field_validator("uploads_dir")
     @classmethod
@@ -332,6 +337,12 @@ class ApiSettings(_Section):
         if value.is_absolute() or ".." in value.parts:
             raise ValueError("must be a relative folder inside index.docs_dir (no '..')")
         return value
+
+    @model_validator(mode="after")
+    def _one_kind_of_key(self) -> ApiSettings:
+        if self.api_key is not None and self.keys_file is not None:
+            raise ValueError("set api.api_key (one tenant) or api.keys_file (a key per tenant), not both")
+        return self
 
 
 class _ProfileYamlSource(PydanticBaseSettingsSource):
