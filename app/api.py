@@ -44,6 +44,7 @@ from app.api_schema import (
 )
 from app.documents import DocumentError, UnknownDocumentError, UploadTooLargeError
 from app.errors import NotFoundError
+from app.redaction import install_redaction
 from app.service import ChatService
 from app.tenants import ServiceRegistry
 from chains import Source, TurnResult
@@ -74,6 +75,7 @@ _ERROR_KINDS = {
 
 def create_app(settings: Settings, service: ChatService | None = None) -> FastAPI:
     """The API over `service` (built from `settings` at start-up when not given, and closed at shutdown)."""
+    install_redaction(settings)
     metrics = ApiMetrics()
     model_name = str(settings.llm.model)
     upload_limit = int(settings.api.max_upload_mb * 1_000_000) * settings.api.max_upload_files + MULTIPART_OVERHEAD
