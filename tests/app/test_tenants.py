@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.store import UnknownTurnError
 from app.tenants import KeysFile, TenantError, hash_key, main, tenant_settings
 from config import SettingsError, load_settings
 from config.settings import Settings
@@ -161,6 +162,11 @@ def test_conversations_and_uploads_stay_with_their_tenant(tenants: Tenants) -> N
     answer = _ask(api, tokens["acme"], "Tell me about zebra care.", conversation_id="shared-id-1", use_cache=False)
     assert [t.turn_id for t in registry.service("acme").history("shared-id-1")] == [answer["turn_id"]]
     assert registry.service("globex").history("shared-id-1") == [], "another tenant cannot read it by its id"
+    with pytest.raises(UnknownTurnError):  # nor rate it: feedback lives in the tenant's own store
+        registry.service("globex").record_feedback("shared-id-1", answer["turn_id"], -1)
+    registry.service("acme").record_feedback("shared-id-1", answer["turn_id"], 1)
+    assert [r["turn_id"] for r in registry.service("acme").export_feedback()] == [answer["turn_id"]]
+    assert registry.service("globex").export_feedback() == []
     upload = httpx.post(
         f"{api.base_url}/documents",
         files=[("files", ("secret.md", b"# Secret\n\nThe vault code is 4711.\n", "text/markdown"))],
