@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
-"""Tenant names are folder names and part of a Chroma collection name."""
+TENANT_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,38}[a-z0-9])?$")
+"""Tenant names are folder names and the end of a Chroma collection name (which must end alphanumeric)."""
 KEY_PREFIX = "rag_"
 SHOWN_CHARS = 8
 """Characters of a key kept in clear in the file (to tell keys apart in `list`)."""
