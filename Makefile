@@ -137,6 +137,10 @@ lint: $(VENV)/.installed ## ruff + mypy + the import contracts between the parts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+.PHONY: audit
+audit: install ## pip-audit of both environments minus requirements/audit-allow.toml (fails when no vulnerability source is reachable, unless AUDIT_ALLOW_UNREACHABLE=1)
+	$(PY) .ci/audit.py $(if $(AUDIT_ALLOW_UNREACHABLE),--allow-unreachable)
+
 bench: bench-serve bench-ingest eval-retrieval bench-cache bench-chains bench-api bench-followups bench-embed ## Run every benchmark (results in bench/results/)
 
 bench-serve: install ## Serving benchmark: TTFT, throughput, batching, speculation, prefix caching

@@ -1,10 +1,11 @@
 """The OpenAI-compatible RAG API (FastAPI + uvicorn): `make api`, or `python -m app.api`.
 
-Every route calls the one `ChatService` of the process; the agent runs on its own event loop
+Every route calls the one `ChatService` of the process (of the caller's tenant, when
+`api.keys_file` maps keys to tenants: `app.tenants`); the agent runs on its own event loop
 thread and its blocking parts in worker threads, so concurrent requests never wait on each
 other here. A client that disconnects mid-stream cancels its model request. Bearer auth (every
-route but /health) when `api.api_key` is set; body and upload size limits; loopback by default;
-CORS only for `api.cors_origins`. Schema: docs/api.md.
+route but /health) when `api.api_key` or `api.keys_file` is set; body and upload size limits;
+loopback by default; CORS only for `api.cors_origins`. Schema: docs/api.md.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI, File, Header, HTTPException, Re
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api_metrics import ApiMetrics
@@ -42,7 +44,9 @@ from app.api_schema import (
 )
 from app.documents import DocumentError, UnknownDocumentError, UploadTooLargeError
 from app.errors import NotFoundError
+from app.redaction import install_redaction
 from app.service import ChatService
+from app.tenants import ServiceRegistry
 from chains import Source, TurnResult
 from chains.conversations import ConversationBusyError, ConversationDamagedError
 from chains.questions import QuestionError
@@ -53,53 +57,59 @@ log = logging.getLogger(__name__)
 MULTIPART_OVERHEAD = 1_000_000
 """Bytes allowed in an upload request beyond the files themselves (multipart headers)."""
 
-_ERROR_KINDS = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 409: "conflict"}
+_TOO_LARGE = (
+    "the request body is too large: chat requests take at most api.max_body_kb, uploads "
+    "api.max_upload_mb per file and api.max_upload_files files"
+)
+_FRAMEWORK_MESSAGES = {
+    "There was an error parsing the body": "the request body could not be parsed: send JSON encoded as UTF-8",
+}
+_ERROR_KINDS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    409: "conflict",
+    413: "request_too_large",
+    415: "invalid_request_error",
+}
 
 
 def create_app(settings: Settings, service: ChatService | None = None) -> FastAPI:
     """The API over `service` (built from `settings` at start-up when not given, and closed at shutdown)."""
+    install_redaction(settings)
     metrics = ApiMetrics()
     model_name = str(settings.llm.model)
     upload_limit = int(settings.api.max_upload_mb * 1_000_000) * settings.api.max_upload_files + MULTIPART_OVERHEAD
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned = service is None
-        app.state.service = service or await asyncio.to_thread(ChatService.from_settings, settings)
+        registry = ServiceRegistry(settings, service)
+        if not registry.multi_tenant:  # one service, built now: a broken index stops the start
+            await asyncio.to_thread(registry.service, None)
+        app.state.services = registry
         try:
             yield
         finally:
-            if owned:
-                await asyncio.to_thread(app.state.service.close)
+            await asyncio.to_thread(registry.close)
 
     app = FastAPI(
         title="ragchat API",
         summary="OpenAI-compatible chat over your documents, with sources",
         lifespan=lifespan,
-        max_body_size=settings.api.max_body_kb * 1024,
     )
     app.state.metrics = metrics
     if settings.api.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.api.cors_origins, allow_methods=["*"], allow_headers=["*"]
         )
+    app.add_middleware(_BodyLimitMiddleware, limit=settings.api.max_body_kb * 1024, upload_limit=upload_limit)
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     _add_error_handlers(app, metrics)
 
-    def require_key(authorization: Annotated[str | None, Header()] = None) -> None:
-        key = settings.api.api_key
-        if key is None:
-            return
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), key.get_secret_value().encode()
-        ):
-            raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
-
     @app.get("/health")
-    def health(service: Service) -> JSONResponse:
+    def health(request: Request) -> JSONResponse:
         """200 when engine, index and cache are all fine, else 503 naming the failing part."""
-        parts = service.health()
+        parts = cast(ServiceRegistry, request.app.state.services).health()
         failing = [name for name, part in parts.items() if not part.ok]
         body = {
             "status": "degraded" if failing else "ok",
@@ -108,7 +118,7 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
         }
         return JSONResponse(body, status_code=503 if failing else 200)
 
-    api = APIRouter(dependencies=[Depends(require_key)])
+    api = APIRouter(dependencies=[Depends(_tenant)])
 
     @api.get("/metrics")
     def prometheus() -> Response:
@@ -119,7 +129,7 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
         card = {"id": model_name, "object": "model", "created": 0, "owned_by": "ragchat"}
         return {"object": "list", "data": [card]}
 
-    @api.post("/v1/chat/completions", response_model=None)
+    @api.post("/v1/chat/completions", response_model=None, dependencies=[Depends(_json_body)])
     async def chat(
         body: ChatRequest,
         service: Service,
@@ -214,7 +224,7 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
         sse_headers = {**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return _EventStream(events(), media_type="text/event-stream", headers=sse_headers)
 
-    @api.post("/v1/documents", status_code=202, max_body_size=upload_limit)
+    @api.post("/v1/documents", status_code=202, dependencies=[Depends(_multipart_body)])
     async def upload(files: Annotated[list[UploadFile], File()], service: Service) -> dict[str, Any]:
         """Save the files into the documents folder and start ingesting them; poll the job."""
         if len(files) > settings.api.max_upload_files:
@@ -244,7 +254,9 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     def document_file(path: str, service: Service) -> FileResponse:
         """The original file of an indexed document (what citation URLs point at)."""
         known = {d.path for d in service.documents()}
-        docs = settings.index.docs_dir.resolve()
+        if path not in known or "\x00" in path:
+            raise UnknownDocumentError(f"no document {path!r} in the documents folder")
+        docs = service.settings.index.docs_dir.resolve()
         file = (docs / path).resolve()
         if path not in known or not file.is_relative_to(docs) or not file.is_file():
             raise UnknownDocumentError(f"no document {path!r} in the documents folder")
@@ -264,8 +276,28 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     return app
 
 
-def _service(request: Request) -> ChatService:
-    return cast(ChatService, request.app.state.service)
+def _tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str | None:
+    """The caller's tenant (None without a keys file); 401 for a missing or wrong key. Keys are
+    compared in constant time and never logged."""
+    registry = cast(ServiceRegistry, request.app.state.services)
+    key = registry.settings.api.api_key
+    if key is None and not registry.multi_tenant:
+        return None
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token:
+        if registry.multi_tenant:
+            tenant = registry.tenant_for(token)
+            if tenant is not None:
+                return tenant
+        elif key is not None and hmac.compare_digest(token.encode(), key.get_secret_value().encode()):
+            return None
+    raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _service(request: Request, tenant: Annotated[str | None, Depends(_tenant)]) -> ChatService:
+    """The service of the caller's tenant (opened on its first request, in a worker thread)."""
+    return cast(ServiceRegistry, request.app.state.services).service(tenant)
 
 
 Service = Annotated[ChatService, Depends(_service)]
@@ -273,6 +305,21 @@ Service = Annotated[ChatService, Depends(_service)]
 
 def _cut_off(result: TurnResult) -> str:
     return f"the answer was cut off: {result.error}; the partial answer is stored in the conversation, marked stopped"
+
+
+def _json_body(content_type: Annotated[str | None, Header()] = None) -> None:
+    """415 for a chat request that is not JSON (a missing Content-Type is read as JSON)."""
+    media = (content_type or "application/json").partition(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise HTTPException(415, f"send the request as JSON (Content-Type: application/json), not {media!r}")
+
+
+def _multipart_body(content_type: Annotated[str | None, Header()] = None) -> None:
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if media != "multipart/form-data":
+        raise HTTPException(
+            415, f"upload files as multipart/form-data (field 'files'), not {media or 'no content type'!r}"
+        )
 
 
 def _sse(data: dict[str, Any]) -> str:
@@ -306,6 +353,64 @@ class _EventStream(StreamingResponse):
         aclose = getattr(self.body_iterator, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+class _BodyTooLargeError(Exception):
+    """Raised into the app when a request body passes its limit (the 413 is already sent)."""
+
+
+class _BodyLimitMiddleware:
+    """Request-body limits that stop reading: a declared Content-Length above the limit is refused
+    before any of the body is read, and a streamed (chunked) body as soon as it passes the limit.
+    The 413 is in OpenAI's error shape and carries `Connection: close`, so the server drops the
+    connection instead of draining the rest of a 1 GB upload (FastAPI's own `max_body_size`
+    answers in plain text and keeps reading)."""
+
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.upload_limit = upload_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        upload = scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/documents"
+        limit = self.upload_limit if upload else self.limit
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await _refuse(send)
+            return
+        received = 0
+        started = refused = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit and not started:
+                    refused = True
+                    await _refuse(send)
+                    raise _BodyTooLargeError
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 is out; whatever the app answers to _BodyTooLargeError is dropped
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        with suppress(_BodyTooLargeError):
+            await self.app(scope, limited_receive, guarded_send)
+
+
+async def _refuse(send: Send) -> None:
+    body = json.dumps(error_json(_TOO_LARGE, "request_too_large")).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": [*headers, (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _MetricsMiddleware:
@@ -343,10 +448,11 @@ def _add_error_handlers(app: FastAPI, metrics: ApiMetrics) -> None:
         metrics.errors.labels(kind).inc()
         return JSONResponse(error_json(message, kind), status_code=status, headers=headers)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        kind = _ERROR_KINDS.get(exc.status_code, "request_too_large" if exc.status_code == 413 else "api_error")
-        return reply(exc.status_code, str(exc.detail), kind, dict(exc.headers or {}))
+    @app.exception_handler(StarletteHTTPException)  # also FastAPI's own: unparsable bodies, unknown routes
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = _ERROR_KINDS.get(exc.status_code, "api_error")
+        message = _FRAMEWORK_MESSAGES.get(str(exc.detail), str(exc.detail))
+        return reply(exc.status_code, message, kind, dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

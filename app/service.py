@@ -250,34 +250,9 @@ class ChatService:
             now = time.monotonic()
             if self._engine is not None and now - self._engine[0] < ENGINE_STATUS_TTL_S:
                 return self._engine[1]
-            status = self._probe_engine()
+            status = probe_engine(self.settings)
             self._engine = (time.monotonic(), status)
             return status
-
-    def _probe_engine(self) -> EngineStatus:
-        llm = self.settings.llm
-        base_url, model = str(llm.base_url), str(llm.model)
-        local = Path(self.settings.serving.model)
-        offline = (local / TINY_MODEL_MARKER).is_file()
-        try:
-            response = httpx.get(
-                f"{base_url.rstrip('/')}/models",
-                headers={"Authorization": f"Bearer {llm.api_key.get_secret_value()}"},
-                timeout=self.settings.api.engine_check_s,
-            )
-            response.raise_for_status()
-            cards = response.json().get("data", [])
-        except (httpx.HTTPError, ValueError) as exc:
-            detail = f"cannot reach the model server at {base_url} ({type(exc).__name__}); answers are retrieval-only"
-            return EngineStatus(model, base_url, False, detail, offline)
-        card = next((c for c in cards if isinstance(c, dict) and c.get("id") == model), None)
-        if card is None:
-            served = ", ".join(str(c.get("id")) for c in cards if isinstance(c, dict)) or "nothing"
-            return EngineStatus(model, base_url, False, f"the server serves {served}, not {model!r}", offline)
-        root = card.get("root")
-        if isinstance(root, str) and root:
-            offline = (Path(root) / TINY_MODEL_MARKER).is_file()
-        return EngineStatus(model, base_url, True, "ok", offline)
 
     def health(self) -> dict[str, PartHealth]:
         """Engine, index and cache, each ok or with what is wrong (for /health and the sidebar)."""
@@ -368,6 +343,33 @@ class ChatService:
     @property
     def uploads_dir(self) -> Path:
         return self._library.uploads_dir
+
+
+def probe_engine(settings: Settings) -> EngineStatus:
+    """Is the model server answering, and with which model (one request, `api.engine_check_s` at most)."""
+    llm = settings.llm
+    base_url, model = str(llm.base_url), str(llm.model)
+    local = Path(settings.serving.model)
+    offline = (local / TINY_MODEL_MARKER).is_file()
+    try:
+        response = httpx.get(
+            f"{base_url.rstrip('/')}/models",
+            headers={"Authorization": f"Bearer {llm.api_key.get_secret_value()}"},
+            timeout=settings.api.engine_check_s,
+        )
+        response.raise_for_status()
+        cards = response.json().get("data", [])
+    except (httpx.HTTPError, ValueError) as exc:
+        detail = f"cannot reach the model server at {base_url} ({type(exc).__name__}); answers are retrieval-only"
+        return EngineStatus(model, base_url, False, detail, offline)
+    card = next((c for c in cards if isinstance(c, dict) and c.get("id") == model), None)
+    if card is None:
+        served = ", ".join(str(c.get("id")) for c in cards if isinstance(c, dict)) or "nothing"
+        return EngineStatus(model, base_url, False, f"the server serves {served}, not {model!r}", offline)
+    root = card.get("root")
+    if isinstance(root, str) and root:
+        offline = (Path(root) / TINY_MODEL_MARKER).is_file()
+    return EngineStatus(model, base_url, True, "ok", offline)
 
 
 class _TurnRecorder:

@@ -40,6 +40,7 @@ from chains.conversations import (
     thread_config,
 )
 from chains.followups import fuse, needs_history, rejection
+from chains.leaks import PromptLeakFilter
 from chains.llm import endpoint, idle_limited, make_chat_model, unavailable_reason, within
 from chains.loop_thread import LoopThread
 from chains.middleware import (
@@ -354,18 +355,24 @@ class RagAgent:
                 str(turn.asked.id), prompt_context, registry, turn.trace, model_settings=options.model_settings
             )
             pieces: list[str] = []
+            leaks = PromptLeakFilter(SYSTEM_PROMPT)
             if failure is None:
                 try:
                     # Closed at once when the caller stops reading: the model request is then cancelled
                     # on the server instead of waiting for the garbage collector to close the stream.
                     async with aclosing(self._agent_text(turn.conversation_id, turn.asked, context)) as streamed:
                         async for piece in streamed:
-                            pieces.append(piece)
-                            yield piece
+                            shown = leaks.feed(piece)
+                            if shown:
+                                pieces.append(shown)
+                                yield shown
                 except Exception as exc:
                     failure = unavailable_reason(exc, self._base_url)
                     if failure is None:
                         raise
+                if tail := leaks.flush():
+                    pieces.append(tail)
+                    yield tail
             if failure is not None and pieces:
                 yield await self._interrupted(turn, "".join(pieces), registry, failure)
                 return
@@ -373,7 +380,9 @@ class RagAgent:
                 async for piece in self._answer_from_passages(turn, registry, failure):
                     yield piece
                 return
-            answer = "".join(pieces) or await self._last_answer(turn.conversation_id)
+            answer = "".join(pieces) or leaks.redact(await self._last_answer(turn.conversation_id))
+            if leaks.redacted:
+                turn.notices.append("part of the answer repeated the assistant's instructions and was redacted")
             if not answer:
                 turn.notices.append("the model returned an empty answer")
             result = turn.result(answer, registry.cited(answer))

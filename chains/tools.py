@@ -1,4 +1,7 @@
-"""The agent's one tool: search the index for more passages within the turn."""
+"""The agent's one tool: a read-only search of the index for more passages within the turn.
+
+It is the only tool the agent is given (a model asking for any other name gets an error
+message back, nothing runs), and it returns passages fenced as untrusted data."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from langchain.tools import ToolRuntime, tool
 from langchain_core.tools import BaseTool
 
 from chains.context import TurnContext
-from chains.prompts import NO_PASSAGES, SEARCH_TOOL_DESCRIPTION
+from chains.prompts import SEARCH_TOOL_DESCRIPTION, untrusted
 
 if TYPE_CHECKING:
     from indexing.retrieval import HybridRetriever
@@ -22,6 +25,6 @@ def make_search_tool(retriever: HybridRetriever, top_k: int) -> BaseTool:
         turn = runtime.context
         with turn.trace.stage("retrieval"):
             passages = await retriever.aretrieve(query, top_k=top_k)
-        return turn.registry.add(passages) or NO_PASSAGES
+        return untrusted(turn.registry.add(passages))
 
     return search_documents

@@ -337,6 +337,11 @@ class ApiSettings(_Section):
     """Origins allowed by CORS; empty (the default) turns CORS off."""
     engine_check_s: float = Field(2.0, gt=0, le=60)
     """Timeout of one engine health probe (status, /health)."""
+    keys_file: ProjectPath | None = None
+    """API keys file (JSON of key hashes, `python -m app.tenants add NAME`); when set, each key's tenant
+    gets its own documents, index, conversations, feedback and cache under `tenants_dir/NAME`."""
+    tenants_dir: ProjectPath = Path("data/tenants")
+    """Folder of the tenants' data folders (used only with `keys_file`)."""
 
     @field_validator("uploads_dir")
     @classmethod
@@ -344,6 +349,12 @@ class ApiSettings(_Section):
         if value.is_absolute() or ".." in value.parts:
             raise ValueError("must be a relative folder inside index.docs_dir (no '..')")
         return value
+
+    @model_validator(mode="after")
+    def _one_kind_of_key(self) -> ApiSettings:
+        if self.api_key is not None and self.keys_file is not None:
+            raise ValueError("set api.api_key (one tenant) or api.keys_file (a key per tenant), not both")
+        return self
 
 
 class EvaluationSettings(_Section):
@@ -470,6 +481,11 @@ class Settings(BaseSettings):
         if self.state.postgres_url is None:
             raise ValueError(
                 "state.postgres_url is required when state.mode is 'shared' (postgresql://USER@HOST:PORT/DB)"
+            )
+        if self.api.keys_file is not None:
+            raise ValueError(
+                "api.keys_file (one tenant per key) works in state.mode 'embedded' only: in shared mode every "
+                "tenant would read one Chroma collection and one database (docs/scaling.md)"
             )
         if self.index.chroma_mode == "embedded" and "chroma_mode" in self.index.model_fields_set:
             raise ValueError(

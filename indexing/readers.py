@@ -160,19 +160,70 @@ class PdfReader(_BytesReader):
         return docs
 
 
+MAX_DOCX_TEXT_BYTES = 100_000_000
+"""Most bytes the text parts of a .docx (body, headers, footers) may unpack to, together."""
+MAX_DOCX_RATIO = 100
+"""Highest compression ratio of a text part above `DOCX_RATIO_FLOOR` bytes (Word's XML compresses
+about 5-20x; a zip bomb's parts thousands of times)."""
+DOCX_RATIO_FLOOR = 1_000_000
+_DOCX_TEXT_PARTS = (
+    re.compile(r"word/header[0-9]*\.xml"),
+    re.compile(r"word/document\.xml"),
+    re.compile(r"word/footer[0-9]*\.xml"),
+)
+
+
+def _docx_text_parts(archive: zipfile.ZipFile) -> list[bytes]:
+    """The XML of the body, headers and footers, in docx2txt's order, unpacked within limits.
+
+    A .docx is a zip: sizes and ratios are checked from the archive's directory before anything
+    is inflated, and each part is read no further than its declared size, since a crafted archive
+    can declare a small size and inflate to gigabytes (zipfile itself would inflate it all)."""
+    names = archive.namelist()
+    if "word/document.xml" not in names:
+        raise UnreadableFileError("not a valid DOCX file (word/document.xml is missing)")
+    infos = [archive.getinfo(n) for pattern in _DOCX_TEXT_PARTS for n in names if pattern.fullmatch(n)]
+    total = sum(info.file_size for info in infos)
+    if total > MAX_DOCX_TEXT_BYTES:
+        raise UnreadableFileError(
+            f"DOCX text unpacks to {total / 1e6:.0f} MB, above the {MAX_DOCX_TEXT_BYTES / 1e6:.0f} MB limit "
+            "(a zip bomb or a huge document); not unpacked"
+        )
+    parts = []
+    for info in infos:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > DOCX_RATIO_FLOOR and ratio > MAX_DOCX_RATIO:
+            raise UnreadableFileError(
+                f"DOCX part {info.filename} would unpack {ratio:.0f}x ({info.file_size / 1e6:.0f} MB), "
+                f"above the {MAX_DOCX_RATIO}x limit: looks like a zip bomb; not unpacked"
+            )
+        try:
+            with archive.open(info) as member:
+                data = member.read(info.file_size + 1)
+        except zipfile.BadZipFile as exc:  # e.g. more data than declared: the CRC check fails at that size
+            raise UnreadableFileError(f"DOCX part {info.filename} is damaged or crafted ({exc})") from None
+        if len(data) > info.file_size:
+            raise UnreadableFileError(
+                f"DOCX part {info.filename} unpacks to more than its declared size; damaged or crafted"
+            )
+        parts.append(data)
+    return parts
+
+
 class DocxReader(_BytesReader):
-    """Word documents through docx2txt (body, headers and footers)."""
+    """Word documents: docx2txt's text extraction over parts unpacked within size limits."""
 
     def parse(self, data: bytes, doc_id: str, metadata: dict[str, Any]) -> list[Document]:
-        import docx2txt
+        from docx2txt.docx2txt import xml2text
 
         try:
-            text = docx2txt.process(io.BytesIO(data))
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                text = "".join(xml2text(part) for part in _docx_text_parts(archive)).strip()
+        except UnreadableFileError:
+            raise
         except zipfile.BadZipFile:
             raise UnreadableFileError("not a valid DOCX file (not a zip archive: damaged or encrypted)") from None
-        except KeyError:
-            raise UnreadableFileError("not a valid DOCX file (word/document.xml is missing)") from None
-        except Exception as exc:  # malformed XML inside the archive
+        except Exception as exc:  # malformed XML inside the archive, an XML entity bomb (expat refuses it)
             raise UnreadableFileError(f"not a valid DOCX file ({type(exc).__name__}: {exc})") from None
         return [_document(text, doc_id, metadata)]
 

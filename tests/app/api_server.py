@@ -35,9 +35,9 @@ class RunningApi:
         assert not self.thread.is_alive(), "the API server did not stop"
 
 
-def start_api(app: FastAPI, startup_timeout_s: float = 300.0) -> RunningApi:
+def start_api(app: FastAPI, startup_timeout_s: float = 300.0, log_level: str = "warning") -> RunningApi:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, lifespan="on"))
     thread = threading.Thread(target=server.run, name="api-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout_s

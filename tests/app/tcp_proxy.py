@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Connection:
+    client_bytes: bytearray = field(default_factory=bytearray)
+    """What the client sent (the HTTP requests to the model server)."""
     upstream_bytes: bytearray = field(default_factory=bytearray)
     closed_by_client: bool = False
     """The API side closed while the upstream answer was still coming."""
@@ -80,6 +82,7 @@ class TcpProxy:
         """Client -> model server; an EOF from the client ends the upstream connection too."""
         try:
             while data := client.recv(65536):
+                record.client_bytes += data
                 upstream.sendall(data)
         except OSError:
             pass

@@ -18,11 +18,13 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 
 from chains import QuestionError, RagAgent, TurnResult
 from chains.condense import is_summary
-from chains.prompts import SYSTEM_PROMPT
+from chains.prompts import SYSTEM_PROMPT, UNTRUSTED_TEMPLATE
 from config.settings import Settings
 from tests.chains.scripted_model import ScriptedChatModel, kind, scripted_agent, tool_call
 
 WARRANTY_Q = "What does the X200 warranty cover?"
+FENCE = UNTRUSTED_TEMPLATE.split("{", 1)[0]
+"""How fenced passages start: the opening tag and the line marking them as untrusted data."""
 
 
 def test_first_model_call_carries_the_passages_and_answers_without_tools(make_agent: Any) -> None:
@@ -34,7 +36,7 @@ def test_first_model_call_carries_the_passages_and_answers_without_tools(make_ag
     assert isinstance(call[0], SystemMessage) and call[0].text == SYSTEM_PROMPT
     question = call[-1]
     assert isinstance(question, HumanMessage)
-    assert question.text.startswith("Passages:\n[1] ")
+    assert question.text.startswith(f"Passages:\n{FENCE}[1] ")
     assert question.text.endswith(f"Question: {WARRANTY_Q}")
     assert "warranty.md" in question.text
     assert model.tools_offered == [1]
@@ -72,7 +74,7 @@ def test_tool_call_adds_numbered_passages_that_answers_can_cite(make_agent: Any)
     second = model.calls[1]
     assert isinstance(second[-1], ToolMessage) and isinstance(second[-2], AIMessage) and second[-2].tool_calls
     # The prefetched passages stay on the question for the follow-up call (same prompt prefix).
-    assert any(isinstance(m, HumanMessage) and m.text.startswith("Passages:\n[1] ") for m in second)
+    assert any(isinstance(m, HumanMessage) and m.text.startswith(f"Passages:\n{FENCE}[1] ") for m in second)
     assert len(result.sources) == 1 and result.sources[0].file == "shipping.md"
     assert f"[{result.sources[0].id}]" in result.answer
     assert "".join(p for p in pieces[:-1] if isinstance(p, str)) == result.answer

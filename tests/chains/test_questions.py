@@ -8,7 +8,7 @@ from chains.questions import QuestionError, conversation_id_or_new, prepare_ques
 from chains.tokens import approx_tokens, truncate_to_tokens
 
 
-@pytest.mark.parametrize("question", ["", "   ", "\n\t  \n"])
+@pytest.mark.parametrize("question", ["", "   ", "\n\t  \n", "\x00\x1b\x7f \x00"])
 def test_empty_or_whitespace_question_is_refused(question: str) -> None:
     with pytest.raises(QuestionError, match="empty"):
         prepare_question(question, 64)
@@ -21,6 +21,12 @@ def test_non_string_question_is_refused() -> None:
 
 def test_short_question_is_kept_and_stripped() -> None:
     assert prepare_question("  What is covered?  ", 64) == ("What is covered?", [])
+
+
+def test_control_characters_are_removed_with_a_notice() -> None:
+    text, notices = prepare_question("What\x00 is\x1b[31m covered?\x7f\n\tIn\r\nfull", 64)
+    assert text == "What is[31m covered?\n\tIn\r\nfull"
+    assert notices == ["removed 3 control character(s) from the question"]
 
 
 def test_long_question_is_truncated_to_budget_with_a_notice() -> None:

@@ -15,6 +15,7 @@ from config.settings import IndexSettings
 from indexing.errors import NotAnIndexError
 from indexing.report import IngestReport
 from tests.indexing.index_fixtures import FIXTURE_SOURCES, chroma_records
+from tests.indexing.zip_bombs import BILLION_LAUGHS, docx_with, docx_zip_bomb, with_declared_size
 
 Ingest = Callable[..., IngestReport]
 
@@ -52,6 +53,8 @@ BAD_FILES = [
     ("blank.txt", b"   \n\n\t\n", "no text found"),
     ("fake.docx", b"this is not a zip archive", "not a valid DOCX file"),
     ("scan.pdf", pdf_bytes([""]), "no extractable text"),
+    ("bomb.docx", docx_zip_bomb(8_000_000), "looks like a zip bomb"),
+    ("laughs.docx", docx_with(BILLION_LAUGHS), "amplification"),
 ]
 
 
@@ -191,3 +194,32 @@ def test_index_dir_that_is_a_file_is_refused(settings: IndexSettings, tmp_path: 
     with pytest.raises(NotAnIndexError, match="it is a file"):
         run_ingest(settings.model_copy(update={"index_dir": a_file}))
     assert a_file.read_text(encoding="utf-8") == "not a folder"
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        # 1 GB declared: refused from the archive's directory, nothing inflated.
+        (lambda: with_declared_size(docx_zip_bomb(2_000_000), "word/document.xml", 1 << 30), "above the 100 MB limit"),
+        # 48 MB of text in 48 kB: the compression ratio gives it away.
+        (lambda: docx_zip_bomb(48_000_000), "looks like a zip bomb"),
+        # 48 MB of text declared as 2 kB: read no further than the declared size.
+        (lambda: with_declared_size(docx_zip_bomb(48_000_000), "word/document.xml", 2_000), "damaged or crafted"),
+    ],
+    ids=["declared-1GB", "ratio", "lying-size"],
+)
+def test_docx_zip_bombs_are_refused_before_they_are_inflated(make: Callable[[], bytes], expected: str) -> None:
+    import tracemalloc
+
+    from indexing.errors import UnreadableFileError
+    from indexing.readers import read_documents
+
+    bomb = make()
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnreadableFileError, match=expected):
+            read_documents(bomb, "bomb.docx", "docx", {})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000, f"{peak / 1e6:.0f} MB allocated while refusing: the bomb was inflated"
