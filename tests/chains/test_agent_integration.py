@@ -60,18 +60,16 @@ def test_stream_yields_tokens_then_the_result(agent: RagAgent) -> None:
 
 
 def test_stream_interval_sends_the_answer_in_fewer_larger_pieces(live_settings: Settings, retriever: Any) -> None:
-    counts: dict[int, tuple[int, int]] = {}
-    for interval in (1, 4):
-        settings = live_settings.model_copy(
-            update={"llm": live_settings.llm.model_copy(update={"stream_interval": interval})}
-        )
-        with RagAgent.from_settings(settings, retriever=retriever) as agent:
-            *texts, result = agent.stream(QUESTION, use_cache=False)
-        assert isinstance(result, TurnResult) and "".join(texts) == result.answer
-        counts[interval] = (len(texts), result.tokens.completion_tokens)
-    (pieces_1, _), (pieces_4, tokens_4) = counts[1], counts[4]
-    assert pieces_1 >= 2 * pieces_4  # token by token vs four at a time
-    assert pieces_4 <= tokens_4 // 4 + 2  # the first token alone, then fours, then the rest
+    """Four tokens per streamed event bound the number of pieces. Only the upper bound is checked:
+    a loaded server also merges token-by-token events (its output queue coalesces when the client
+    lags), so a lower bound on the pieces of `stream_interval: 1` would be a timing test."""
+    settings = live_settings.model_copy(update={"llm": live_settings.llm.model_copy(update={"stream_interval": 4})})
+    with RagAgent.from_settings(settings, retriever=retriever) as agent:
+        *texts, result = agent.stream(QUESTION, use_cache=False)
+    assert isinstance(result, TurnResult) and "".join(texts) == result.answer
+    tokens = result.tokens.completion_tokens
+    assert tokens >= 16  # long enough that one event per token would break the bound below
+    assert len(texts) <= tokens // 4 + 2  # the first token alone, then fours, then the rest
 
 
 async def test_abatch_of_16_concurrent_questions(agent: RagAgent) -> None:
