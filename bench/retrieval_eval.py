@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from bench.common import parse_args
 from config import load_settings
 from indexing.embeddings import BACKENDS
 from indexing.retrieval import HybridRetriever, Mode
@@ -45,11 +46,12 @@ class Question:
     """Source path of the question's paragraph in the generated corpus."""
 
 
-def load_squad(path: Path, corpus: Path) -> list[Question]:
-    """Write one `# Title` Markdown file per paragraph under `corpus`; return the questions."""
+def load_squad(path: Path, corpus: Path, articles: int = 0) -> list[Question]:
+    """Write one `# Title` Markdown file per paragraph under `corpus` (of the first `articles`, 0: all);
+    return the questions."""
     data = json.loads(path.read_text(encoding="utf-8"))
     questions: list[Question] = []
-    for a, article in enumerate(data["data"]):
+    for a, article in enumerate(data["data"][: articles or None]):
         title = article["title"].replace("_", " ")
         folder = corpus / f"{a:02d}-{re.sub(r'[^A-Za-z0-9]+', '-', title).strip('-')[:40]}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, default=None, help="keep corpus and index here (re-runs are incremental)"
     )
-    args = parser.parse_args(argv)
+    parser.add_argument("--articles", type=int, default=0, help="only the first N SQuAD articles (0: all 48)")
+    args = parse_args(parser, argv, quick={"articles": 3, "questions": 300})
     if not args.squad.is_file():
         parser.error(f"{args.squad} not found (the SQuAD v1.1 dev set; see ../shared/data/SOURCES.md)")
 
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="squad-eval-") as scratch:
         tmp = args.workdir or Path(scratch)
         corpus = Path(tmp) / "corpus"
-        questions = load_squad(args.squad, corpus)
+        questions = load_squad(args.squad, corpus, args.articles)
         total_questions = len(questions)
         if args.questions and args.questions < len(questions):
             questions = random.Random(args.seed).sample(questions, args.questions)
