@@ -120,7 +120,7 @@ bench: install ## Every benchmark, then one report: bench/results/report.md (QUI
 
 .PHONY: bench-report
 bench-report: $(VENV)/.installed ## Rewrite bench/results/report.md and the README's benchmark section from the results (RESULTS=dir)
-	$(PY) -m bench.report --readme $(if $(RESULTS),--results $(RESULTS))
+	$(PY) -m bench.report --readme $(if $(RESULTS),--results $(RESULTS)) --fallback bench/results/quick
 
 .PHONY: bench-profiles
 bench-profiles: install ## One RAG workload per profile, and with cache/speculation/prefix caching/summary off (QUICK=1)

@@ -6,7 +6,7 @@ Reads the JSON each benchmark wrote (and `run.json` from `bench.run_all`: the ma
 commit and each benchmark's status, time and load). Writes `report.md` next to them: a headline
 table of the project's targets (met / missed / not measured), then one part per benchmark with
 its table, its plot and the load it ran under. A benchmark that failed is a row with its error;
-a figure measured while the 1-minute load average exceeded the cores is flagged. `--readme`
+a figure measured while the 1-minute load average exceeded the cores when it started is flagged. `--readme`
 rewrites the README between `<!-- bench:start -->` and `<!-- bench:end -->` from the same parts.
 """
 
@@ -63,7 +63,9 @@ class Part:
 
     @property
     def under_load(self) -> bool:
-        return self.load is not None and self.cores is not None and max(self.load) > self.cores
+        """Other work was running: the load average before the benchmark exceeded the cores (the
+        value after also counts the benchmark's own processes, so it is shown, not judged)."""
+        return self.load is not None and self.cores is not None and self.load[0] > self.cores
 
 
 def pct(value: float) -> str:
@@ -377,8 +379,29 @@ SPECS = (
 )
 
 
-def build_parts(results: Path) -> tuple[list[Part], Json | None]:
-    """Every benchmark's part from `results`, with `run.json`'s statuses where a runner wrote one."""
+def build_parts(results: Path, fallback: Path | None = None) -> tuple[list[Part], Json | None]:
+    """Every benchmark's part from `results`, with `run.json`'s statuses where a runner wrote one.
+    A benchmark with no results there is taken from `fallback` (another run's folder), labelled so."""
+    parts, run = _parts(results)
+    if fallback is None or not fallback.is_dir() or fallback.resolve() == results.resolve():
+        return parts, run
+    others, other_run = _parts(fallback)
+    by_name = {p.name: p for p in others if p.status == "ok"}
+    origin = "QUICK run" if (other_run or {}).get("quick") else "run"
+    when = (other_run or {}).get("machine", {}).get("when")
+    for i, part in enumerate(parts):
+        if part.status == "not run" and part.name in by_name:
+            other = by_name[part.name]
+            other.title += f" (from the {origin} in {os.path.relpath(fallback, results)}/" + (
+                f", {when})" if when else ")"
+            )
+            if other.plot:
+                other.plot = f"{os.path.relpath(fallback, results)}/{other.plot}"
+            parts[i] = other
+    return parts, run
+
+
+def _parts(results: Path) -> tuple[list[Part], Json | None]:
     run_file = results / "run.json"
     run: Json | None = json.loads(run_file.read_text(encoding="utf-8")) if run_file.exists() else None
     steps = {s["name"]: s for s in (run or {}).get("benchmarks", [])}
@@ -496,8 +519,8 @@ def render_report(parts: Sequence[Part], run: Json | None) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(results: Path) -> Path:
-    parts, run = build_parts(results)
+def write_report(results: Path, fallback: Path | None = None) -> Path:
+    parts, run = build_parts(results, fallback)
     path = results / "report.md"
     path.write_text(render_report(parts, run), encoding="utf-8")
     return path
@@ -536,14 +559,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the benchmarks' JSON")
     parser.add_argument("--readme", action="store_true", help="also rewrite the README's generated section")
     parser.add_argument("--readme-path", type=Path, default=README)
+    parser.add_argument(
+        "--fallback", type=Path, default=None, help="take benchmarks without results from this run's folder"
+    )
     args = parser.parse_args(argv)
     results = args.results.resolve()
     if not results.is_dir():
         parser.error(f"no results folder {results}")
-    path = write_report(results)
+    path = write_report(results, args.fallback)
     print(f"wrote {path}")
     if args.readme:
-        parts, run = build_parts(results)
+        parts, run = build_parts(results, args.fallback)
         readme = args.readme_path.resolve()
         link = os.path.relpath(path, readme.parent)
         try:

@@ -199,3 +199,13 @@ def test_readme_without_markers_is_a_clear_error(
         report.main(["--results", str(results), "--readme", "--readme-path", str(readme)])
     assert report.START in capsys.readouterr().err
     assert readme.read_text(encoding="utf-8") == "# Title\n\nno markers\n"
+
+
+def test_a_benchmark_missing_from_the_results_is_taken_from_the_fallback_run(results: Path, tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "ingest.json").write_text(json.dumps(INGEST), encoding="utf-8")
+    text = report.write_report(full, fallback=results).read_text(encoding="utf-8")
+    assert "## Profile comparison (from the QUICK run in ../, 2026-11-28 08:00:00)" in text
+    assert rows_of(text, "high_throughput")[0].endswith("| 0.420 |")
+    assert rows_of(text.split("## What ran")[1], "serve")[0].startswith("| serve | **not run**")
