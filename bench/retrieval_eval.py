@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         report = ingest(settings, progress=None, embed_model=model)
         print(report.summary(), flush=True)
         retriever = open_retriever(settings, embed_model=model)
+        chunk_size = retriever.manifest.chunk_size  # read while the (temporary) index exists
 
         started = time.perf_counter()
         vectors = model.get_text_embedding_batch([q.text for q in questions], show_progress=False)
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "questions_total": total_questions,
         "questions_evaluated": len(questions),
         "seed": args.seed if args.questions else None,
-        "effective_chunk_size": retriever.manifest.chunk_size,
+        "effective_chunk_size": chunk_size,
         "settings": {
             k: getattr(settings, k)
             for k in (
