@@ -491,8 +491,14 @@ def run_summary(run: Json | None) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in {**app, **{f"engine {k}": v for k, v in engine.items()}}.items() if v)
     load = f"{m['load_avg_1m']} at start, {m.get('load_avg_1m_at_end', '?')} at the end"
     mode = "QUICK (fewer repetitions and questions: a smoke run, not figures to quote)" if run["quick"] else "full"
+    kept = [
+        f"{r['name']} ({r['kept_from_run_of']}, `{r.get('git_commit')}`)"
+        for r in run["benchmarks"]
+        if "kept_from_run_of" in r
+    ]
     return [
-        f"Run: {mode}, {m['when']}, {run['seconds'] / 60:.1f} min, commit `{run.get('git_commit')}`.",
+        f"Run: {mode}, {m['when']}, {run['seconds'] / 60:.1f} min, commit `{run.get('git_commit')}`"
+        + (f"; kept from an earlier run of the same folder: {', '.join(kept)}." if kept else "."),
         f"Machine: {m['cpu']}, {m['cpus']} cores, {m['memory_gib']} GiB, GPU: {gpu}; load average {load}.",
         f"Packages: {versions}.",
     ]

@@ -185,6 +185,22 @@ def run(selected: Sequence[Step], out: Path, quick: bool, port: int, timeout_s: 
     return records
 
 
+def kept_records(run_file: Path, only: Sequence[str] | None, quick: bool) -> list[dict[str, Any]]:
+    """With `--only`, the other benchmarks' records of the last run of the same mode in the folder
+    stay in run.json (each with its own time and commit), so the report still covers them."""
+    if only is None or not run_file.exists():
+        return []
+    previous = json.loads(run_file.read_text(encoding="utf-8"))
+    if previous.get("quick") != quick:
+        return []
+    kept: list[dict[str, Any]] = []
+    for r in previous.get("benchmarks", []):
+        if r["name"] not in only:
+            kept.append({**r, "kept_from_run_of": r.get("kept_from_run_of") or previous["machine"]["when"]})
+            kept[-1].setdefault("git_commit", previous.get("git_commit"))
+    return kept
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", default=None, help="benchmark names to run (default: all)")
@@ -204,23 +220,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown benchmark {', '.join(unknown)}; the benchmarks: {', '.join(names)}")
     selected = [s for s in everything if args.only is None or s.name in args.only]
     out.mkdir(parents=True, exist_ok=True)
+    kept = kept_records(out / "run.json", args.only, args.quick)
     record = run_record()
     started = time.monotonic()
     records = run(selected, out, args.quick, args.port, args.timeout)
+    for r in records:
+        r["git_commit"] = record["git_commit"]
     record["machine"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     run_json = {
         "quick": args.quick,
         "seconds": round(time.monotonic() - started, 1),
         **record,
-        "benchmarks": records,
+        "benchmarks": sorted(kept + records, key=lambda r: names.index(r["name"])),
     }
     (out / "run.json").write_text(json.dumps(run_json, indent=2) + "\n", encoding="utf-8")
     from bench.report import write_report
 
     report = write_report(out)
-    failed = [r["name"] for r in records if r["status"] != "ok"]
+    failed = [r["name"] for r in run_json["benchmarks"] if r["status"] != "ok"]
     print(
-        f"wrote {report}; {len(records) - len(failed)} of {len(records)} benchmarks ran"
+        f"wrote {report}; {len(run_json['benchmarks']) - len(failed)} of {len(run_json['benchmarks'])} benchmarks ran"
         + (f", failed: {', '.join(failed)}" if failed else "")
     )
     return 1 if failed else 0

@@ -112,3 +112,19 @@ def test_workload_joins_conversations_and_refuses_a_short_set(tmp_path: Path) ->
     assert workload.repeats == ["c0 t0", "c1 t0", "c2 t0", "c3 t0"]
     with pytest.raises(ValueError, match="5 conversations; 3 x 2 needed"):
         profiles.load_workload(path, conversations=3, join=2, max_tokens=32, history_budget=128)
+
+
+def test_rerunning_some_benchmarks_keeps_the_others_records(tmp_path: Path) -> None:
+    previous = {
+        "quick": True,
+        "machine": {"when": "2026-11-28 08:00:00"},
+        "git_commit": "old",
+        "benchmarks": [{"name": "ingest", "status": "ok"}, {"name": "retrieval", "status": "failed", "error": "x"}],
+    }
+    run_file = tmp_path / "run.json"
+    run_file.write_text(json.dumps(previous), encoding="utf-8")
+    assert run_all.kept_records(run_file, ["retrieval"], quick=True) == [
+        {"name": "ingest", "status": "ok", "kept_from_run_of": "2026-11-28 08:00:00", "git_commit": "old"}
+    ]
+    assert run_all.kept_records(run_file, ["retrieval"], quick=False) == []  # a full run never mixes in quick ones
+    assert run_all.kept_records(run_file, None, quick=True) == []
