@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,8 @@ from config.settings import REPO_ROOT
 log = logging.getLogger("bench.run_all")
 RESULTS = REPO_ROOT / "bench" / "results"
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+STOP_GRACE_S = 120
+"""Seconds a benchmark past its time gets to stop its engines after an interrupt."""
 ERROR_LINES = 6
 """Lines of a failed benchmark's output kept as its error in the report."""
 
@@ -101,6 +104,17 @@ def error_tail(text: str) -> str:
     return "\n".join(lines[-ERROR_LINES:]) or "no output"
 
 
+def stop(child: subprocess.Popen[bytes]) -> None:
+    """Interrupt a benchmark like Ctrl-C, so it stops the engines it started (they run in process
+    groups of their own and would outlive a killed parent); kill it only if it does not end."""
+    child.send_signal(signal.SIGINT)
+    try:
+        child.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
 def run_step(step: Step, out: Path, quick: bool, base_url: str | None, timeout_s: float) -> dict[str, Any]:
     """Run one benchmark; its record, failed when it exits non-zero, times out or writes no JSON."""
     argv = [sys.executable, "-m", step.module, *step.args]
@@ -121,13 +135,12 @@ def run_step(step: Step, out: Path, quick: bool, base_url: str | None, timeout_s
     started = time.monotonic()
     log.info("%s: %s", step.name, record["command"])
     with (logs / f"{step.name}.log").open("w", encoding="utf-8") as sink:
+        child = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT)
         try:
-            done = subprocess.run(
-                argv, check=False, env=env, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT, timeout=timeout_s
-            )
-            code: int | None = done.returncode
+            code: int | None = child.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             code = None
+            stop(child)
     record["seconds"] = round(time.monotonic() - started, 1)
     record["load_avg_1m_after"] = os.getloadavg()[0]
     text = (logs / f"{step.name}.log").read_text(encoding="utf-8", errors="replace")

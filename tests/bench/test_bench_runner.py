@@ -128,3 +128,12 @@ def test_rerunning_some_benchmarks_keeps_the_others_records(tmp_path: Path) -> N
     ]
     assert run_all.kept_records(run_file, ["retrieval"], quick=False) == []  # a full run never mixes in quick ones
     assert run_all.kept_records(run_file, None, quick=True) == []
+
+
+def test_a_benchmark_past_its_time_is_interrupted_and_failed(tmp_path: Path) -> None:
+    sleeper = step("timeit", "-n", "1", "-r", "1", "import time; time.sleep(60)")
+    record = run_all.run_step(sleeper, tmp_path, True, None, 1)
+    assert record["status"] == "failed"
+    assert record["error"].startswith("timed out after 1 s")
+    assert "KeyboardInterrupt" in record["error"]  # interrupted like Ctrl-C, so its `finally` blocks ran
+    assert record["seconds"] < 30
