@@ -12,8 +12,9 @@ engine it is written for, and `eval` gets one started here. Never two engines at
 Quick mode is passed to every benchmark as `RAG_BENCH_QUICK=1` (bench.common); results go to
 bench/results/quick/ so a quick run never replaces a full run's figures. Each benchmark's log is
 in <out>/logs/; `run.json` records the machine, packages, commit, and per benchmark its status,
-time and load before/after; `bench.report` then writes <out>/report.md. Exit status 0 only when
-every benchmark ran.
+time and load before/after (`--only` re-runs some and keeps the others' records of the last run
+in that folder); `bench.report` then writes <out>/report.md. A benchmark past `--timeout` is
+interrupted (it stops its engines) and fails. Exit status 0 only when every benchmark ran.
 """
 
 from __future__ import annotations
