@@ -79,7 +79,7 @@ def chat_server(settings: Settings, base_url: str | None, model: str | None = No
 
     settings.serving.port = free_port()
     settings.llm.base_url = f"http://127.0.0.1:{settings.serving.port}/v1"
-    with EngineServer(settings.serving).start():
+    with EngineServer(settings.serving):  # the context manager starts it (calling start() too would start it twice)
         yield f"started by the benchmark: {settings.serving.model}"
 
 

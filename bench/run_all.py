@@ -173,8 +173,7 @@ def shared_engine(port: int) -> Iterator[str]:
     )
     if settings.serving.model == "models/tiny-chat":
         build_tiny_model(DEFAULT_DIR)
-    server = EngineServer(settings.serving, log_path=settings.serving.run_dir / "bench-run-all-engine.log")
-    with server.start():
+    with EngineServer(settings.serving, log_path=settings.serving.run_dir / "bench-run-all-engine.log") as server:
         yield server.base_url
 
 
