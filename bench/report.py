@@ -422,7 +422,7 @@ def _parts(results: Path) -> tuple[list[Part], Json | None]:
                 continue
         path = results / spec.output
         if not path.exists():
-            part.status, part.error = "not run", f"no {spec.output} in {results}"
+            part.status, part.error = "not run", f"no {spec.output} in {shown(results)}"
             parts.append(part)
             continue
         try:
@@ -438,6 +438,11 @@ def _parts(results: Path) -> tuple[list[Part], Json | None]:
             part.plot = spec.plot
         parts.append(part)
     return parts, run
+
+
+def shown(path: Path) -> str:
+    """A path as the report shows it: relative to the repository when inside it."""
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def load_text(part: Part) -> str:
