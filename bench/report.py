@@ -502,7 +502,8 @@ def run_summary(run: Json | None) -> list[str]:
         if "kept_from_run_of" in r
     ]
     return [
-        f"Run: {mode}, {m['when']}, {run['seconds'] / 60:.1f} min, commit `{run.get('git_commit')}`"
+        f"Run: {mode}, {m['when']}, {run['seconds'] / 60:.1f} min (the benchmarks: "
+        f"{sum(r.get('seconds') or 0 for r in run['benchmarks']) / 60:.1f} min), commit `{run.get('git_commit')}`"
         + (f"; kept from an earlier run of the same folder: {', '.join(kept)}." if kept else "."),
         f"Machine: {m['cpu']}, {m['cpus']} cores, {m['memory_gib']} GiB, GPU: {gpu}; load average {load}.",
         f"Packages: {versions}.",
