@@ -281,7 +281,8 @@ def table(result: dict[str, Any]) -> str:
     lines = [head]
     for row in result["variants"]:
         f1 = row.get("answer_eval", {})
-        f1_text = f"{f1['f1']:.3f}" if "f1" in f1 else f"not measured ({f1.get('error', 'not run')})"
+        error = str(f1.get("error", "not run")).split(" | ")[-1].strip()  # the line that says what it was
+        f1_text = f"{f1['f1']:.3f}" if "f1" in f1 else f"not measured ({error})"
         if "workload" not in row:
             lines.append(f"| {row['variant']} | failed: {row.get('error', 'no result')} | | | | | {f1_text} |")
             continue
