@@ -409,7 +409,10 @@ def _parts(results: Path) -> tuple[list[Part], Json | None]:
     parts = []
     for spec in SPECS:
         step = steps.get(spec.name)
-        part = Part(spec.name, spec.title, step["command"] if step and "command" in step else spec.command)
+        command = (
+            f"python {step['command']}".replace(f"{REPO_ROOT}/", "") if step and "command" in step else spec.command
+        )
+        part = Part(spec.name, spec.title, command)
         if run is not None and step is None:
             continue  # not selected in this run
         if step is not None:
