@@ -188,6 +188,13 @@ def render_profiles(data: Json, part: Part) -> None:
     dropped = sorted({n for row in data.get("needs_gpu", []) for n in row["needs_gpu"]})
     if dropped:
         part.notes.append("Not measurable here (needs GPU): " + "; ".join(dropped) + ".")
+    tokens = {r["variant"]: r["workload"]["prompt_tokens_per_answer"] for r in data["variants"] if "workload" in r}
+    reference, no_summary = tokens.get("low_latency"), tokens.get("low_latency, summary memory off")
+    if reference is not None and reference == no_summary:
+        part.notes.append(
+            "Summary memory off sent the same prompt tokens as on: no conversation of this workload reached "
+            "the history budget, so the summary never ran (a longer workload is needed to show it)."
+        )
     if data.get("note"):
         part.notes.append(data["note"])
 
