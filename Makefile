@@ -141,7 +141,16 @@ lint: $(VENV)/.installed ## ruff + mypy + the import contracts between the parts
 audit: install ## pip-audit of both environments minus requirements/audit-allow.toml (fails when no vulnerability source is reachable, unless AUDIT_ALLOW_UNREACHABLE=1)
 	$(PY) .ci/audit.py $(if $(AUDIT_ALLOW_UNREACHABLE),--allow-unreachable)
 
-bench: bench-serve bench-ingest eval-retrieval bench-cache bench-chains bench-api bench-followups bench-embed ## Run every benchmark (results in bench/results/)
+bench: install ## Every benchmark, then one report: bench/results/report.md (QUICK=1: a smoke run into bench/results/quick/)
+	$(PY) -m bench.run_all $(if $(filter 1 yes true,$(QUICK)),--quick)
+
+.PHONY: bench-report
+bench-report: $(VENV)/.installed ## Rewrite bench/results/report.md and the README's benchmark section from the results (RESULTS=dir)
+	$(PY) -m bench.report --readme $(if $(RESULTS),--results $(RESULTS)) --fallback bench/results/quick
+
+.PHONY: bench-profiles
+bench-profiles: install ## One RAG workload per profile, and with cache/speculation/prefix caching/summary off (QUICK=1)
+	$(PY) -m bench.profiles $(if $(filter 1 yes true,$(QUICK)),--quick)
 
 bench-serve: install ## Serving benchmark: TTFT, throughput, batching, speculation, prefix caching
 	$(PY) -m bench.serve

@@ -41,7 +41,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import write_results
+from bench.common import parse_args, write_results
 from bench.metrics import percentile
 from config import load_settings
 from config.settings import REPO_ROOT, Settings
@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=64, help="answer length (llm.max_tokens)")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, quick={"seconds": 3.0})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "chromadb"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

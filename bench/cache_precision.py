@@ -40,6 +40,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from bench.common import parse_args
 from bench.metrics import percentile
 from chains.cache import CachedAnswer, CacheScope, GuardName, SemanticCache
 from config import load_settings
@@ -93,8 +94,8 @@ class Outcome:
     latency_s: float
 
 
-def load_queries(pairs_path: Path, eval_dir: Path) -> tuple[list[str], list[Query]]:
-    pairs = json.loads(pairs_path.read_text(encoding="utf-8"))
+def load_queries(pairs_path: Path, eval_dir: Path, limit: int = 0) -> tuple[list[str], list[Query]]:
+    pairs = json.loads(pairs_path.read_text(encoding="utf-8"))[: limit or None]
     near = json.loads((eval_dir / "near_misses.json").read_text(encoding="utf-8"))["groups"]
     pair_near = json.loads((eval_dir / "pair_near_misses.json").read_text(encoding="utf-8"))["near_misses"]
     unrelated = json.loads((eval_dir / "unrelated.json").read_text(encoding="utf-8"))["questions"]
@@ -248,13 +249,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, help="settings profile (embedding model, shipped threshold)")
     parser.add_argument("--min-threshold", type=float, default=0.70)
     parser.add_argument("--step", type=float, default=0.01)
-    args = parser.parse_args(argv)
+    parser.add_argument("--pairs-limit", type=int, default=0, help="only the first N pairs of the file (0: all)")
+    args = parse_args(parser, argv, quick={"pairs_limit": 150, "step": 0.05})
     if not args.pairs.is_file():
         parser.error(f"pairs file not found: {args.pairs}")
 
     settings = load_settings(args.profile)
     shipped = settings.cache
-    cached, queries = load_queries(args.pairs, args.eval_dir)
+    cached, queries = load_queries(args.pairs, args.eval_dir, args.pairs_limit)
     model = load_embedding(settings.index.embed_model, settings.index.embed_batch_size)
     steps = round((1 - args.min_threshold) / args.step)
     thresholds = [round(args.min_threshold + i * args.step, 4) for i in range(steps + 1)]

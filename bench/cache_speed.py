@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.common import parse_args
 from bench.metrics import percentile
 from chains.cache import CachedAnswer, CacheScope, SemanticCache
 from config import load_settings
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--store-dir", type=Path, help="cache folder to fill (or reuse when already filled) instead of a temporary one"
     )
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, quick={"entries": 500, "rounds": 1})
     settings = load_settings(None)
     model = load_embedding(settings.index.embed_model, settings.index.embed_batch_size)
     groups = own_groups(args.eval_dir)

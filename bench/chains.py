@@ -47,7 +47,7 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_openai import ChatOpenAI
 from tqdm import tqdm
 
-from bench.common import write_results
+from bench.common import parse_args, write_results
 from bench.metrics import percentile
 from chains import IndexRetriever, RagAgent
 from chains.llm import make_chat_model
@@ -447,8 +447,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--overhead-turns", type=int, default=30)
     parser.add_argument("--memory-turns", type=int, default=20)
+    parser.add_argument("--articles", type=int, default=0, help="index only the first N SQuAD articles (0: all)")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    quick = {"articles": 2, "cache_turns": 8, "overhead_turns": 6, "memory_turns": 8}
+    args = parse_args(parser, argv, quick={**quick, "workdir": DEFAULT_WORKDIR.with_name("bench-chains-quick")})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "chains", "chromadb", "gptcache"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -465,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chains={"conversations_db": work / "conversations.sqlite"},
         cache={"dir": work / "cache"},
     )
-    articles = squad_paragraphs(args.squad)
+    articles = squad_paragraphs(args.squad)[: args.articles or None]
     started = time.perf_counter()
     chunks = build_index(settings, articles)
     index_s = time.perf_counter() - started

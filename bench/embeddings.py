@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import parse_args
 from bench.corpus import seed_sentences
 from bench.metrics import percentile, ranking_metrics
 from config import load_settings
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, quick={"queries": 40, "rounds": 3, "squad_questions": 200})
     for path in (args.pairs, args.squad):
         if path is not None and not path.is_file():
             parser.error(f"{path} not found")

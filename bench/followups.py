@@ -43,7 +43,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
-from bench.common import add_server_arguments, chat_server, machine, write_results
+from bench.common import add_server_arguments, chat_server, machine, parse_args, write_results
 from chains.condense import condense_question
 from chains.followups import DEFAULT_RULES, RewriteRules, fuse, needs_history, rejection, words
 from chains.llm import make_chat_model
@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", type=Path, default=DEFAULT_SET, help="the follow-up set (JSON)")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="index of data/docs (reused)")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, quick={"workdir": DEFAULT_WORKDIR.with_name("bench-followups-quick")})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "chains", "chromadb"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

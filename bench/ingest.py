@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import parse_args
 from bench.corpus import seed_sentences, write_corpus
 from config import load_settings
 from config.settings import IndexSettings
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, quick={"files": 60, "sizes": [2000], "queries": 30})
 
     from indexing.embeddings import load_embedding
 

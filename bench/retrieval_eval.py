@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from bench.common import parse_args
 from bench.metrics import first_rank, ranking_metrics
 from bench.squad import SquadQuestion, read_squad, write_corpus
 from config import load_settings
@@ -37,11 +38,12 @@ CHUNKS_PER_QUERY = 30
 RESULTS = Path(__file__).parent / "results"
 
 
-def load_squad(path: Path, corpus: Path) -> list[SquadQuestion]:
-    """Write one `# Title` Markdown file per paragraph under `corpus`; return the questions."""
-    articles = read_squad(path)
-    write_corpus(articles, corpus)
-    return [q for article in articles for q in article.questions]
+def load_squad(path: Path, corpus: Path, articles: int = 0) -> list[SquadQuestion]:
+    """Write one `# Title` Markdown file per paragraph under `corpus` (of the first `articles`, 0: all);
+    return the questions."""
+    chosen = read_squad(path)[: articles or None]
+    write_corpus(chosen, corpus)
+    return [q for article in chosen for q in article.questions]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, default=None, help="keep corpus and index here (re-runs are incremental)"
     )
-    args = parser.parse_args(argv)
+    parser.add_argument("--articles", type=int, default=0, help="only the first N SQuAD articles (0: all 48)")
+    args = parse_args(parser, argv, quick={"articles": 3, "questions": 300})
     if not args.squad.is_file():
         parser.error(f"{args.squad} not found (the SQuAD v1.1 dev set; see ../shared/data/SOURCES.md)")
 
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="squad-eval-") as scratch:
         tmp = args.workdir or Path(scratch)
         corpus = Path(tmp) / "corpus"
-        questions = load_squad(args.squad, corpus)
+        questions = load_squad(args.squad, corpus, args.articles)
         total_questions = len(questions)
         if args.questions and args.questions < len(questions):
             questions = random.Random(args.seed).sample(questions, args.questions)
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         report = ingest(settings, progress=None, embed_model=model)
         print(report.summary(), flush=True)
         retriever = open_retriever(settings, embed_model=model)
+        chunk_size = retriever.manifest.chunk_size  # read while the (temporary) index exists
 
         started = time.perf_counter()
         vectors = model.get_text_embedding_batch([q.text for q in questions], show_progress=False)
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "questions_total": total_questions,
         "questions_evaluated": len(questions),
         "seed": args.seed if args.questions else None,
-        "effective_chunk_size": retriever.manifest.chunk_size,
+        "effective_chunk_size": chunk_size,
         "settings": {
             k: getattr(settings, k)
             for k in (

@@ -45,6 +45,7 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from tqdm import tqdm
 
+from bench.common import chat_server, parse_args
 from bench.metrics import percentile
 from config import load_settings
 from config.settings import REPO_ROOT, ServingSettings
@@ -526,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, help="settings profile (default: cpu without a GPU, else balanced)")
     parser.add_argument("--base-url", help="measure only the concurrency sweep against this running server (.../v1)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, quick={})
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     for name in ("bench.serve", "serving"):
@@ -535,20 +536,23 @@ def main(argv: list[str] | None = None) -> int:
     profile = args.profile or ("balanced" if resolve_device("auto") == "cuda" else "cpu")
     started = time.monotonic()
     load_at_start = round(os.getloadavg()[0], 2)
-    if args.base_url:
-        base_url = args.base_url.rstrip("/")
-        model = httpx.get(f"{base_url}/models", timeout=10).json()["data"][0]["id"]
-        interval = load_settings(profile).llm.stream_interval
-        raw: dict[str, Any] = {
-            "device": "external server",
-            "servers": {},
-            "server": base_url,
-            "stream_interval": interval,
-        }
-        raw["levels"] = [
-            asdict(lvl) for lvl in asyncio.run(sweep(base_url, model, [1, 4, 16], rag_context(), interval))
-        ]
-        report = summarize(raw, profile, model)
+    if args.base_url or args.quick:
+        # Quick mode: the sweep alone, on one server of the profile (the on/off comparisons of
+        # speculation and prefix caching are in `python -m bench.profiles`).
+        settings = load_settings(profile)
+        if not args.base_url and settings.serving.model == "models/tiny-chat":
+            build_tiny_model(DEFAULT_DIR)
+        with chat_server(settings, args.base_url) as server:
+            base_url, model = settings.llm.base_url or "", settings.llm.model or ""
+            raw: dict[str, Any] = {
+                "device": "external server" if args.base_url else resolve_device(settings.serving.device),
+                "servers": {},
+                "server": server,
+                "stream_interval": settings.llm.stream_interval,
+            }
+            levels = asyncio.run(sweep(base_url, model, [1, 4, 16], rag_context(), settings.llm.stream_interval))
+            raw["levels"] = [asdict(lvl) for lvl in levels]
+        report = summarize(raw, profile, model if args.base_url else settings.serving.model)
     else:
         report = summarize(run_started(profile), profile, load_settings(profile).serving.model)
     report["runtime_s"] = round(time.monotonic() - started, 1)
