@@ -20,22 +20,26 @@ log = logging.getLogger("serving")
 
 
 def engine_commands(serving: ServingSettings, device: Device) -> list[EngineCommand]:
-    """One command per replica (one in all without replicas).
+    """One command per replica (one in all without replicas), each on hardware of its own.
 
-    On the CPU build each engine pins its OpenMP worker to a core (`auto` takes the first and keeps
-    one for the front end), so replicas left on `auto` would all share core 0: each replica gets
-    its own core instead, round the cores this process may use.
+    Left alone, every replica would take the same devices: GPU 0 (and the next ones for tensor and
+    pipeline parallel), or on the CPU build core 0 (`auto` pins the OpenMP worker to the first core
+    and keeps one for the front end). So replica i gets GPUs i*n .. i*n+n-1 (n = tensor x pipeline
+    parallel size), or its own core, round the cores this process may use.
     """
     if serving.replicas == 1:
         return [render_command(serving, device)]
     cores = sorted(os.sched_getaffinity(0))
+    per_replica = serving.tensor_parallel_size * serving.pipeline_parallel_size
     commands = []
     for index in range(serving.replicas):
         command = render_command(replica_settings(serving, index), device)
         if device == "cpu":
-            bind = {"VLLM_CPU_OMP_THREADS_BIND": str(cores[index % len(cores)])}
-            command = EngineCommand(command.python, command.args, device, {**command.env, **bind}, command.notes)
-        commands.append(command)
+            devices = {"VLLM_CPU_OMP_THREADS_BIND": str(cores[index % len(cores)])}
+        else:
+            gpus = range(index * per_replica, (index + 1) * per_replica)
+            devices = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}
+        commands.append(EngineCommand(command.python, command.args, device, {**command.env, **devices}, command.notes))
     return commands
 
 

@@ -100,3 +100,17 @@ def test_check_reports_what_vllm_rejects(tiny_model_path: Path) -> None:
     done = run_cli("check", "--profile", "test", env={"RAG_SERVING__TOOL_CALL_PARSER": "hermez"}, timeout=300)
     assert done.returncode == 1
     assert "serving: error: vLLM rejects the cpu command: invalid tool call parser: hermez" in done.stderr
+
+
+@pytest.mark.engine
+def test_check_validates_every_replica_and_the_router(tiny_model_path: Path) -> None:
+    replicas = {"RAG_SERVING__REPLICAS": "2"}
+    done = run_cli("check", "--profile", "test", "--device", "cpu", env=replicas, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "ok: vLLM accepts the 2 cpu replica commands and vllm-router its command" in done.stdout
+    bad_router = {**replicas, "RAG_SERVING__ROUTER_EXTRA_ARGS": '["--policy", "fastest"]'}
+    done = run_cli("check", "--profile", "test", "--device", "cpu", env=bad_router, timeout=300)
+    assert done.returncode == 1
+    assert (
+        "serving: error: vllm-router rejects its command: argument --policy: invalid choice: 'fastest'" in done.stderr
+    )
