@@ -48,6 +48,8 @@ DEFAULT_WORKDIR = REPO_ROOT / ".run" / "bench-soak"
 SAMPLE_EVERY_S = 5.0
 RESTART_GRACE_S = 10.0
 """After the restarted engine is healthy, the API's engine probe and client retries settle within this."""
+AFTER_RESTART_S = 60.0
+"""The load runs at least this long after the restart window, however long the engine took to start."""
 
 
 @dataclass
@@ -67,6 +69,16 @@ class Soak:
     samples: list[dict[str, float]] = field(default_factory=list)
     window: list[float] = field(default_factory=list)
     """[engine stopped, engine healthy again] in seconds since t0."""
+    restart_error: str | None = None
+
+    def load_ends_at(self, duration_s: float) -> float:
+        """Seconds since t0 when clients stop: `duration_s`, stretched while the engine restarts and
+        until AFTER_RESTART_S past the window, so traffic after the restart is always measured."""
+        if len(self.window) == 1 and self.restart_error is None:
+            return float("inf")
+        if len(self.window) == 2:
+            return max(duration_s, self.window[1] + RESTART_GRACE_S + AFTER_RESTART_S)
+        return duration_s
 
 
 async def one_turn(client: httpx.AsyncClient, kind: str, question: str, t0: float) -> Turn:
@@ -112,11 +124,10 @@ async def run_clients(url: str, soak: Soak, clients: int, duration_s: float) -> 
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with httpx.AsyncClient(base_url=url, limits=limits, headers=headers, timeout=300) as client:
-        end = soak.t0 + duration_s
 
         async def worker(seed: int) -> None:
             rng = random.Random(seed)
-            while time.perf_counter() < end:
+            while time.perf_counter() - soak.t0 < soak.load_ends_at(duration_s):
                 if rng.random() < 0.5:
                     turn = await one_turn(client, "cached", rng.choice(HIT_QUESTIONS), soak.t0)
                 else:
@@ -147,7 +158,12 @@ def restart_engine(server: Any, soak: Soak, at_s: float, stop: threading.Event) 
     log.info("restarting the engine")
     soak.window.append(time.perf_counter() - soak.t0)
     server.stop()
-    server.start()
+    try:
+        server.start()
+    except Exception as exc:  # reported in the results; the load then ends on time
+        soak.restart_error = str(exc)[:300]
+        log.error("the engine did not come back: %s", exc)
+        return
     soak.window.append(time.perf_counter() - soak.t0)
     log.info("engine back after %.0f s", soak.window[1] - soak.window[0])
 
@@ -164,8 +180,10 @@ def _ms(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(values, q) * 1000) if values else None
 
 
-def summarize(soak: Soak, duration_s: float) -> dict[str, Any]:
-    lo, hi = (soak.window[0], soak.window[1] + RESTART_GRACE_S) if len(soak.window) == 2 else (duration_s, duration_s)
+def summarize(soak: Soak, load_s: float) -> dict[str, Any]:
+    """Figures over `load_s` seconds of load; the window is open-ended when the engine never came back."""
+    lo = soak.window[0] if soak.window else float("inf")
+    hi = soak.window[1] + RESTART_GRACE_S if len(soak.window) == 2 else float("inf")
 
     def inside(turn: Turn) -> bool:
         return turn.ended >= lo and turn.started <= hi
@@ -185,7 +203,7 @@ def summarize(soak: Soak, duration_s: float) -> dict[str, Any]:
         }
     errors_out = [t for t in outside if t.error]
     errors_in = [t for t in during if t.error]
-    half = [s for s in soak.samples if s["t_s"] >= duration_s / 2]
+    half = [s for s in soak.samples if s["t_s"] >= load_s / 2]
     return {
         "turns": len(soak.turns),
         "served": sum(t.error is None for t in soak.turns),
@@ -197,8 +215,9 @@ def summarize(soak: Soak, duration_s: float) -> dict[str, Any]:
             **kinds,
         },
         "restart_window": {
-            "from_s": lo,
-            "to_s": hi,
+            "from_s": lo if soak.window else None,
+            "to_s": hi if len(soak.window) == 2 else None,
+            "restart_error": soak.restart_error,
             "engine_down_s": soak.window[1] - soak.window[0] if len(soak.window) == 2 else None,
             "turns": len(during),
             "errors": len(errors_in),
@@ -219,9 +238,9 @@ def summarize(soak: Soak, duration_s: float) -> dict[str, Any]:
     }
 
 
-def timeline(soak: Soak, duration_s: float, step_s: float = 5.0) -> list[dict[str, float]]:
+def timeline(soak: Soak, load_s: float, step_s: float = 5.0) -> list[dict[str, float]]:
     """Turns finished and failed per `step_s` bucket, by kind (for the plot; the raw turns are many)."""
-    buckets = int(duration_s // step_s) + 2
+    buckets = int(load_s // step_s) + 2
     rows = [{"t_s": i * step_s, "cached": 0.0, "uncached": 0.0, "errors": 0.0} for i in range(buckets)]
     for turn in soak.turns:
         row = rows[min(int(turn.ended // step_s), buckets - 1)]
@@ -249,12 +268,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
     axes[2].set_title(f"API open fds; slope {result['summary']['api_process']['fds_per_min']:.2f} /min")
     window = result["summary"]["restart_window"]
     for ax in axes:
-        if window["engine_down_s"] is not None:
-            ax.axvspan(window["from_s"], window["to_s"], color="gray", alpha=0.2, label="restart window")
+        if window["from_s"] is not None:
+            right = window["to_s"] if window["to_s"] is not None else result["setup"]["load_s"]
+            ax.axvspan(window["from_s"], right, color="gray", alpha=0.2, label="restart window")
         ax.set_xlabel("seconds")
     axes[0].legend(fontsize=8)
     fig.suptitle(
-        f"Soak: {result['setup']['clients']} clients for {result['setup']['duration_s']:.0f} s, "
+        f"Soak: {result['setup']['clients']} clients for {result['setup']['load_s']:.0f} s, "
         "one engine restart (tiny model, CPU)"
     )
     fig.tight_layout()
@@ -347,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             thread.start()
         log.info("%d clients for %.0f s; engine restart at %.0f s", args.clients, args.duration, restart_at)
         asyncio.run(run_clients(url, soak, args.clients, args.duration))
+        load_s = time.perf_counter() - soak.t0
         load_after = os.getloadavg()
         stop.set()
         for thread in threads:
@@ -357,13 +378,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         api.wait(timeout=60)
         server.stop()
     result = {
-        "summary": summarize(soak, args.duration),
+        "summary": summarize(soak, load_s),
         "samples": soak.samples,
-        "timeline": timeline(soak, args.duration),
+        "timeline": timeline(soak, load_s),
         "setup": {
             **machine(),
             "clients": args.clients,
             "duration_s": args.duration,
+            "load_s": load_s,
             "restart_at_s": restart_at,
             "restart_grace_s": RESTART_GRACE_S,
             "model": settings.serving.model,
