@@ -6,7 +6,6 @@ Either way clients see one OpenAI base URL on `serving.host:port`. Replicas star
 
 from __future__ import annotations
 
-import logging
 import os
 from types import TracebackType
 from typing import Self
@@ -15,8 +14,6 @@ from config.settings import ServingSettings
 from serving.command import Device, EngineCommand, render_command, resolve_device
 from serving.launch import EngineServer, ServerProcess
 from serving.router import RouterServer, replica_settings
-
-log = logging.getLogger("serving")
 
 
 def engine_commands(serving: ServingSettings, device: Device) -> list[EngineCommand]:
@@ -49,14 +46,11 @@ class Fleet:
     def __init__(self, serving: ServingSettings, *, device: Device | None = None, detached: bool = False):
         self.serving = serving
         device = device or resolve_device(serving.device)
-        commands = engine_commands(serving, device)
-        if serving.replicas == 1:
-            self.engines = [EngineServer(serving, detached=detached, command=commands[0])]
-        else:
-            self.engines = [
-                EngineServer(replica_settings(serving, i), detached=detached, command=command)
-                for i, command in enumerate(commands)
-            ]
+        each = [serving] if serving.replicas == 1 else [replica_settings(serving, i) for i in range(serving.replicas)]
+        self.engines = [
+            EngineServer(settings, detached=detached, command=command)
+            for settings, command in zip(each, engine_commands(serving, device), strict=True)
+        ]
         self.router = RouterServer(serving, detached=detached) if serving.replicas > 1 else None
 
     @property

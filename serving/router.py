@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from config.settings import ServingSettings, loopback_url
 from serving.command import ROUTER_MODULE, shell_line
-from serving.launch import ServerProcess, check_port_free
+from serving.launch import ServerProcess, check_port_free, root_url
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class RouterServer(ServerProcess):
 
     @property
     def root_url(self) -> str:
-        return loopback_url(self.serving.host, self.serving.port)
+        return root_url(self.serving)
 
     def spawn(self) -> None:
         check_port_free(self.serving.host, self.serving.port)
