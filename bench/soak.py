@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,8 @@ class Turn:
     ttft_s: float | None
     error: str | None
     cached: bool
+    retrieval_only: bool
+    """Answered without the model (the API's fallback while the engine is unreachable): served, degraded."""
 
 
 @dataclass
@@ -116,6 +118,7 @@ async def one_turn(client: httpx.AsyncClient, kind: str, question: str, t0: floa
         ttft_s=None if first is None else first - started,
         error=error,
         cached=bool(final and final.get("cached")),
+        retrieval_only=bool(final and final.get("retrieval_only")),
     )
 
 
@@ -203,6 +206,8 @@ def summarize(soak: Soak, load_s: float) -> dict[str, Any]:
         }
     errors_out = [t for t in outside if t.error]
     errors_in = [t for t in during if t.error]
+    degraded_out = sum(t.error is None and t.retrieval_only for t in outside)
+    degraded_in = sum(t.error is None and t.retrieval_only for t in during)
     half = [s for s in soak.samples if s["t_s"] >= load_s / 2]
     return {
         "turns": len(soak.turns),
@@ -210,6 +215,7 @@ def summarize(soak: Soak, load_s: float) -> dict[str, Any]:
         "outside_window": {
             "turns": len(outside),
             "errors": len(errors_out),
+            "retrieval_only": degraded_out,
             "error_samples": sorted({t.error for t in errors_out if t.error})[:5],
             "latency_ms_p95_all": _ms([t.ended - t.started for t in outside if t.error is None], 95),
             **kinds,
@@ -221,6 +227,7 @@ def summarize(soak: Soak, load_s: float) -> dict[str, Any]:
             "engine_down_s": soak.window[1] - soak.window[0] if len(soak.window) == 2 else None,
             "turns": len(during),
             "errors": len(errors_in),
+            "retrieval_only": degraded_in,
             "served_cached": sum(t.error is None and t.kind == "cached" for t in during),
             "served_uncached": sum(t.error is None and t.kind == "uncached" for t in during),
             "error_samples": sorted({t.error for t in errors_in if t.error})[:5],
@@ -304,10 +311,12 @@ def table(result: dict[str, Any]) -> str:
     rows += [
         "",
         f"Turns: {s['turns']}, served {s['served']}. Errors outside the restart window: **{out['errors']}** "
-        f"(of {out['turns']} turns; p95 latency of all served turns {fmt(out['latency_ms_p95_all'])} ms). "
-        f"Restart window {fmt(win['from_s'])}-{fmt(win['to_s'])} s (engine down {fmt(win['engine_down_s'])} s, "
-        f"+{RESTART_GRACE_S:.0f} s grace): {win['turns']} turns, {win['errors']} errors, "
-        f"{win['served_cached']} cached and {win['served_uncached']} uncached turns served.",
+        f"(of {out['turns']} turns; {out['retrieval_only']} answered retrieval-only; p95 latency of all served "
+        f"turns {fmt(out['latency_ms_p95_all'])} ms). Restart window {fmt(win['from_s'])}-{fmt(win['to_s'])} s "
+        f"(engine down {fmt(win['engine_down_s'])} s, +{RESTART_GRACE_S:.0f} s grace): {win['turns']} turns, "
+        f"{win['errors']} errors, {win['served_cached']} cached and {win['served_uncached']} uncached turns served "
+        f"({win['retrieval_only']} of them retrieval-only, the API's fallback while the engine is away)."
+        + (f" The engine did not come back: {win['restart_error']}" if win["restart_error"] else ""),
         f"API process: RSS {fmt(api['rss_mb_start'])} -> {fmt(api['rss_mb_end'])} MB "
         f"(slope {fmt(api['rss_mb_per_min'], '.2f')} MB/min; "
         f"second half {fmt(api['rss_mb_per_min_second_half'], '.2f')}), "
@@ -369,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(run_clients(url, soak, args.clients, args.duration))
         load_s = time.perf_counter() - soak.t0
         load_after = os.getloadavg()
+        raw = {"turns": [asdict(t) for t in soak.turns], "samples": soak.samples, "window": soak.window}
+        (work / "soak-raw.json").write_text(json.dumps(raw), encoding="utf-8")  # kept if summarising fails
         stop.set()
         for thread in threads:
             thread.join()
