@@ -169,6 +169,9 @@ def restart_engine(server: Any, soak: Soak, at_s: float, stop: threading.Event) 
         return
     soak.window.append(time.perf_counter() - soak.t0)
     log.info("engine back after %.0f s", soak.window[1] - soak.window[0])
+    # The engine gets SIGTERM when the thread that started it ends (PR_SET_PDEATHSIG is per thread):
+    # this thread lives until the load is over.
+    stop.wait()
 
 
 def slope_per_min(samples: list[dict[str, float]], key: str) -> float | None:

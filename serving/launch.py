@@ -312,7 +312,11 @@ _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the launcher dies, even by SIGKILL (Linux)."""
+    """In the child before exec: get SIGTERM when the launcher dies, even by SIGKILL (Linux).
+
+    Linux ties this to the *thread* that spawned the child: a non-detached server started from a
+    worker thread is stopped as soon as that thread ends, so start it from one that outlives it.
+    """
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
