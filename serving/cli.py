@@ -15,21 +15,23 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 from config.settings import PROFILES, Settings, SettingsError, load_settings
-from serving.command import render_command, resolve_device, validate_in_engine
+from serving.command import resolve_device, validate_in_engine
 from serving.errors import ServingError
+from serving.fleet import Fleet, engine_commands
 from serving.hub import choose_model, hub_reachable
 from serving.launch import (
-    EngineServer,
     check_model,
     is_healthy,
     pid_file,
     root_url,
-    running_pid,
+    running_pids,
     stop_process_group,
     write_pid_file,
 )
+from serving.router import render_router_command, replica_urls, validate_router_command
 from serving.tiny_model import DEFAULT_DIR, build_tiny_model, is_built
 
 log = logging.getLogger("serving")
@@ -61,13 +63,13 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    command("serve", _serve, "run the engine in the foreground until Ctrl-C or SIGTERM")
-    command("start", _start, "start the engine in the background and return once it is healthy")
-    command("stop", _stop, "stop the background engine started by `start`")
-    command("status", _status, "say whether the background engine runs and is healthy")
+    command("serve", _serve, "run the engine (or replicas + router) in the foreground until Ctrl-C or SIGTERM")
+    command("start", _start, "start the engine (or replicas + router) in the background; return once healthy")
+    command("stop", _stop, "stop the background engine (and router) started by `start`")
+    command("status", _status, "say whether the background engine (each replica, the router) is healthy")
     for name, func, help_text in (
-        ("command", _command, "print the rendered vLLM server command"),
-        ("check", _check, "validate the rendered command with vLLM's own parser (engine env, offline)"),
+        ("command", _command, "print the rendered vLLM server command (one per replica, then the router's)"),
+        ("check", _check, "validate the rendered commands with vLLM's (and the router's) own parser, offline"),
     ):
         command(name, func, help_text).add_argument(
             "--device", choices=("cpu", "cuda"), help="render for this device (default: detected)"
@@ -92,93 +94,126 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _ensure_tiny_model(settings)
-    server = EngineServer(settings.serving)
-    log.info("running: %s", server.command.shell())
+    fleet = Fleet(settings.serving)
+    for server in fleet.servers:
+        log.info("running: %s", server.shell())
     with _stop_on_sigterm():
         try:
-            server.start()
-            log.info("engine ready in %.0f s (log: %s); Ctrl-C stops it", server.startup_s, server.log_path)
-            print(f"OpenAI base URL: {server.base_url}", flush=True)
-            assert server.process is not None
-            code = server.process.wait()
-            raise ServingError(f"the vLLM engine exited with code {code}; see {server.log_path}")
+            fleet.start()
+            front = fleet.front
+            log.info("ready in %.0f s (log: %s); Ctrl-C stops it", front.startup_s, front.log_path)
+            print(f"OpenAI base URL: {fleet.base_url}", flush=True)
+            _watch(fleet)
         except KeyboardInterrupt:
             log.info("stopping the engine")
             return 0
         finally:
-            server.stop()
+            fleet.stop()
+
+
+def _watch(fleet: Fleet) -> NoReturn:
+    """Never return: raise once the front process exits; a replica exiting is logged (the router routes round it)."""
+    reported: set[int] = set()
+    while True:
+        for server in fleet.servers:
+            code = server.process.poll() if server.process else None
+            if code is None or id(server) in reported:
+                continue
+            if server is fleet.front:
+                raise ServingError(f"{server.what} exited with code {code}; see {server.log_path}")
+            reported.add(id(server))
+            log.warning(
+                "replica %s exited with code %s; the router sends requests to the others", server.root_url, code
+            )
+        time.sleep(1.0)
 
 
 def _start(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    running = running_pid(settings.serving)
-    if running is not None:
+    running = running_pids(settings.serving)
+    if running:
         url = root_url(settings.serving)
         if is_healthy(url):
-            log.info("engine already running (pid %d) and healthy", running)
+            log.info("engine already running (pid %s) and healthy", ", ".join(map(str, running)))
             print(f"OpenAI base URL: {url}/v1")
             return 0
         raise ServingError(
-            f"an engine (pid {running}) is running but {url}/health does not answer; "
+            f"an engine (pid {', '.join(map(str, running))}) is running but {url}/health does not answer; "
             "`python -m serving stop` it first, or check the port/profile"
         )
     _ensure_tiny_model(settings)
-    server = EngineServer(settings.serving, detached=True)
-    log.info("starting: %s", server.command.shell())
+    fleet = Fleet(settings.serving, detached=True)
+    for server in fleet.servers:
+        log.info("starting: %s", server.shell())
     with _stop_on_sigterm():
-        server.start()
-    assert server.pid is not None
-    write_pid_file(settings.serving, server.pid)
+        fleet.start()
+    pids = [server.pid for server in fleet.servers if server.pid is not None]
+    write_pid_file(settings.serving, pids)
     log.info(
-        "engine ready in %.0f s, pid %d, log %s; stop it with `make serve-stop`",
-        server.startup_s,
-        server.pid,
-        server.log_path,
+        "ready in %.0f s, pid %s, log %s; stop it with `make serve-stop`",
+        fleet.front.startup_s,
+        ", ".join(map(str, pids)),
+        fleet.front.log_path,
     )
-    print(f"OpenAI base URL: {server.base_url}")
+    print(f"OpenAI base URL: {fleet.base_url}")
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    pid = running_pid(settings.serving)
-    if pid is None:
+    pids = running_pids(settings.serving)
+    if not pids:
         log.info("no background engine is running")
         return 0
-    stop_process_group(pid, settings.serving.shutdown_grace_s)
+    for pid in pids:  # the router first: nothing is routed to an engine that is going away
+        stop_process_group(pid, settings.serving.shutdown_grace_s)
     pid_file(settings.serving).unlink(missing_ok=True)
-    log.info("stopped the engine (pid %d)", pid)
+    log.info("stopped the engine (pid %s)", ", ".join(map(str, pids)))
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    pid = running_pid(settings.serving)
+    pids = running_pids(settings.serving)
     url = root_url(settings.serving)
     healthy = is_healthy(url)
-    where = f"pid {pid}" if pid is not None else "not started by `start`"
-    print(f"engine {'healthy' if healthy else 'not answering'} at {url}/v1 ({where})")
+    where = f"pid {', '.join(map(str, pids))}" if pids else "not started by `start`"
+    front = "router" if settings.serving.replicas > 1 else "engine"
+    print(f"{front} {'healthy' if healthy else 'not answering'} at {url}/v1 ({where})")
+    if settings.serving.replicas > 1:
+        for replica in replica_urls(settings.serving):
+            print(f"  replica {'healthy' if is_healthy(replica) else 'not answering'} at {replica}/v1")
     return 0 if healthy else 1
 
 
 def _command(args: argparse.Namespace) -> int:
     serving = _settings(args).serving
-    command = render_command(serving, args.device or resolve_device(serving.device))
-    for note in command.notes:
+    commands = engine_commands(serving, args.device or resolve_device(serving.device))
+    for note in commands[0].notes:
         log.info("%s", note)
-    print(command.shell())
+    for command in commands:
+        print(command.shell())
+    if serving.replicas > 1:
+        print(render_router_command(serving).shell())
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
     serving = _settings(args).serving
     check_model(serving.model)
-    command = render_command(serving, args.device or resolve_device(serving.device))
-    log.info("validating with vLLM's parser in %s: %s", command.python, command.shell())
-    [verdict] = validate_in_engine([command])
-    if verdict is not None:
-        raise ServingError(f"vLLM rejects the {command.device} command: {verdict}")
-    print(f"ok: vLLM accepts the {command.device} command")
+    commands = engine_commands(serving, args.device or resolve_device(serving.device))
+    device = commands[0].device
+    log.info("validating with vLLM's parser in %s: %s", commands[0].python, commands[0].shell())
+    for verdict in validate_in_engine(commands):
+        if verdict is not None:
+            raise ServingError(f"vLLM rejects the {device} command: {verdict}")
+    if serving.replicas > 1:
+        verdict = validate_router_command(render_router_command(serving))
+        if verdict is not None:
+            raise ServingError(f"vllm-router rejects its command: {verdict}")
+        print(f"ok: vLLM accepts the {len(commands)} {device} replica commands and vllm-router its command")
+        return 0
+    print(f"ok: vLLM accepts the {device} command")
     return 0
 
 

@@ -21,6 +21,7 @@ from serving.errors import ServingError
 
 Device = Literal["cuda", "cpu"]
 ENGINE_MODULE = "vllm.entrypoints.openai.api_server"
+ROUTER_MODULE = "vllm_router.launch_router"
 VALIDATE_TIMEOUT_S = 600.0
 _SPEC_METHODS = {"ngram": "ngram", "draft": "draft_model", "eagle3": "eagle3"}
 
@@ -42,8 +43,7 @@ class EngineCommand:
 
     def shell(self) -> str:
         """Copy-pasteable form, environment additions first."""
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
-        return f"{env} {shlex.join(self.argv)}".strip()
+        return shell_line(self.env, self.argv)
 
     def value(self, flag: str) -> str | None:
         """The value given to `flag`, or None when the flag is absent."""
@@ -51,6 +51,12 @@ class EngineCommand:
             return None
         index = self.args.index(flag)
         return self.args[index + 1] if index + 1 < len(self.args) else None
+
+
+def shell_line(env: Mapping[str, str], argv: Sequence[str]) -> str:
+    """A command as one copy-pasteable shell line, environment additions first."""
+    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+    return f"{prefix} {shlex.join(argv)}".strip()
 
 
 def detect_device() -> Device:

@@ -22,47 +22,66 @@ import time
 from collections import deque
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
 from config.settings import REPO_ROOT, ServingSettings, loopback_url
-from serving.command import ENGINE_MODULE, Device, EngineCommand, is_local_model, render_command, resolve_device
+from serving.command import (
+    ENGINE_MODULE,
+    ROUTER_MODULE,
+    Device,
+    EngineCommand,
+    is_local_model,
+    render_command,
+    resolve_device,
+    shell_line,
+)
 from serving.errors import ServingError
 
 log = logging.getLogger("serving")
 LOG_TAIL_LINES = 20
 _POLL_S = 0.5
 _PR_SET_PDEATHSIG = 1
+SERVER_MARKERS = (ENGINE_MODULE, ROUTER_MODULE, "vllm::router")
+"""What the command line of a server we started contains (the router renames itself `vllm::router`)."""
 # "SafetensorError: ..." after vLLM's "(Worker pid=1) ERROR 11-21 08:28:57 [file.py:9] " prefix.
 _EXCEPTION_LINE = re.compile(
     r"^(?:\(\w+ pid=\d+\) )?(?:ERROR [\d\- :]+\[[^\]]+\] )?((?:\w+\.)*\w*(?:Error|Exception): .+)$"
 )
 
 
-class EngineServer:
-    """One vLLM server process (group) for the given settings; also a context manager."""
+class ServerProcess:
+    """A server we spawn in a process group of its own, wait for on `/health`, and stop as a group."""
+
+    what = "the server"
+    """How messages name it."""
 
     def __init__(
         self,
-        serving: ServingSettings,
+        argv: list[str],
+        env: dict[str, str],
+        log_path: Path,
         *,
-        device: Device | None = None,
-        log_path: Path | None = None,
-        detached: bool = False,
+        startup_timeout_s: float,
+        grace_s: float,
+        detached: bool,
     ):
-        """`detached` engines outlive this process (`python -m serving start`); others die with it."""
-        self.serving = serving
+        """`detached` servers outlive this process (`python -m serving start`); others die with it."""
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self.startup_timeout_s = startup_timeout_s
+        self.grace_s = grace_s
         self.detached = detached
-        self.command: EngineCommand = render_command(serving, device or resolve_device(serving.device))
-        self.log_path = log_path or serving.run_dir / f"engine-{serving.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_s: float | None = None
         """Seconds from spawn to a healthy `/health`, once started."""
+        self._spawned_at = 0.0
 
     @property
     def root_url(self) -> str:
-        return root_url(self.serving)
+        raise NotImplementedError
 
     @property
     def base_url(self) -> str:
@@ -73,33 +92,37 @@ class EngineServer:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def start(self, timeout_s: float | None = None) -> EngineServer:
-        """Spawn the engine and return once `/health` answers; raise ServingError otherwise."""
-        check_model(self.serving.model)
-        check_port_free(self.serving.host, self.serving.port)
-        for note in self.command.notes:
-            log.info("%s", note)
+    def start(self, timeout_s: float | None = None) -> Self:
+        """Spawn the server and return once `/health` answers; raise ServingError otherwise."""
+        self.spawn()
+        self.wait_ready(timeout_s)
+        return self
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it (several servers can then start side by side)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
+        self._spawned_at = time.monotonic()
         with self.log_path.open("wb") as log_file:
             self.process = subprocess.Popen(
-                self.command.argv,
+                self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **self.command.env},
+                env={**os.environ, **self.env},
                 cwd=REPO_ROOT,
                 **group_options(),
                 # Runs only a prctl() resolved in the parent: nothing that could take a lock.
                 preexec_fn=None if self.detached else _die_with_parent,  # noqa: PLW1509
             )
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Return once `/health` answers 200; on failure or interrupt stop the server and raise."""
         try:
-            self._wait_healthy(timeout_s or self.serving.startup_timeout_s)
+            self._wait_healthy(timeout_s or self.startup_timeout_s)
         except BaseException:  # includes Ctrl-C and SIGTERM while waiting: leave nothing behind
             self.stop()
             raise
-        self.startup_s = time.monotonic() - started
-        return self
+        self.startup_s = time.monotonic() - self._spawned_at
 
     def _wait_healthy(self, timeout_s: float) -> None:
         assert self.process is not None
@@ -109,7 +132,7 @@ class EngineServer:
             if code is not None:
                 cause = first_exception(self.log_path)
                 raise ServingError(
-                    f"the vLLM engine exited with code {code} during start-up"
+                    f"{self.what} exited with code {code} during start-up"
                     + (f": {cause}" if cause else "")
                     + f"; last lines of {self.log_path}:\n{tail(self.log_path)}"
                 )
@@ -117,9 +140,12 @@ class EngineServer:
                 return
             time.sleep(_POLL_S)
         raise ServingError(
-            f"the vLLM engine was not healthy after {timeout_s:.0f} s (serving.startup_timeout_s); "
+            f"{self.what} was not healthy after {timeout_s:.0f} s (serving.startup_timeout_s); "
             f"last lines of {self.log_path}:\n{tail(self.log_path)}"
         )
+
+    def shell(self) -> str:
+        return shell_line(self.env, self.argv)
 
     def health(self) -> bool:
         """True when the server answers `/health` with 200."""
@@ -132,21 +158,60 @@ class EngineServer:
         return response.text
 
     def stop(self) -> None:
-        """Stop the whole engine process group; idempotent."""
+        """Stop the whole process group; idempotent."""
         if self.process is None:
             return
-        stop_process_group(self.process.pid, self.serving.shutdown_grace_s)
+        stop_process_group(self.process.pid, self.grace_s)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
         self.process = None
 
-    def __enter__(self) -> EngineServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class EngineServer(ServerProcess):
+    """One vLLM server process (group) for the given settings; also a context manager."""
+
+    what = "the vLLM engine"
+
+    def __init__(
+        self,
+        serving: ServingSettings,
+        *,
+        device: Device | None = None,
+        log_path: Path | None = None,
+        detached: bool = False,
+        command: EngineCommand | None = None,
+    ):
+        """`detached` engines outlive this process (`python -m serving start`); others die with it.
+        `command` replaces the one rendered from `serving` (a replica's, with its core binding)."""
+        self.serving = serving
+        self.command: EngineCommand = command or render_command(serving, device or resolve_device(serving.device))
+        super().__init__(
+            self.command.argv,
+            dict(self.command.env),
+            log_path or serving.run_dir / f"engine-{serving.port}.log",
+            startup_timeout_s=serving.startup_timeout_s,
+            grace_s=serving.shutdown_grace_s,
+            detached=detached,
+        )
+
+    @property
+    def root_url(self) -> str:
+        return root_url(self.serving)
+
+    def spawn(self) -> None:
+        check_model(self.serving.model)
+        check_port_free(self.serving.host, self.serving.port)
+        for note in self.command.notes:
+            log.info("%s", note)
+        super().spawn()
 
 
 def group_options() -> dict[str, Any]:
@@ -188,7 +253,7 @@ def check_model(model: str) -> None:
         raise ServingError(f"serving.model: {path} is not a model folder (no config.json in it)")
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, setting: str = "serving.port") -> None:
     """Fail fast, before a slow engine start, when something already listens on the port."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as vLLM binds: TIME_WAIT is fine
@@ -196,9 +261,10 @@ def check_port_free(host: str, port: int) -> None:
             sock.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
+                env_var = "RAG_" + setting.upper().replace(".", "__")
                 raise ServingError(
-                    f"serving.port: port {port} on {host} is already in use; stop what listens there "
-                    "(`make serve-stop` if it is our engine) or choose another with RAG_SERVING__PORT"
+                    f"{setting}: port {port} on {host} is already in use; stop what listens there "
+                    f"(`make serve-stop` if it is our engine) or choose another with {env_var}"
                 ) from None
             raise ServingError(f"serving.host: cannot listen on {host}:{port}: {exc.strerror}") from None
 
@@ -246,7 +312,11 @@ _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the launcher dies, even by SIGKILL (Linux)."""
+    """In the child before exec: get SIGTERM when the launcher dies, even by SIGKILL (Linux).
+
+    Linux ties this to the *thread* that spawned the child: a non-detached server started from a
+    worker thread is stopped as soon as that thread ends, so start it from one that outlives it.
+    """
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -276,28 +346,33 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def pid_file(serving: ServingSettings) -> Path:
-    """Where a background engine (`python -m serving start`) leaves its pid."""
+    """Where background servers (`python -m serving start`) leave their pids, one a line, front first."""
     return serving.run_dir / "engine.pid"
 
 
-def write_pid_file(serving: ServingSettings, pid: int) -> None:
+def write_pid_file(serving: ServingSettings, pids: list[int]) -> None:
     serving.run_dir.mkdir(parents=True, exist_ok=True)
-    pid_file(serving).write_text(f"{pid}\n", encoding="utf-8")
+    pid_file(serving).write_text("".join(f"{pid}\n" for pid in pids), encoding="utf-8")
 
 
-def running_pid(serving: ServingSettings) -> int | None:
-    """The pid in the pid file if that process is still our engine; a stale file is removed.
+def running_pids(serving: ServingSettings) -> list[int]:
+    """The pids in the pid file that are still our servers (engine or router); a stale file is removed.
 
     Checking the command line means a recycled pid of some other process is never signalled.
     """
     path = pid_file(serving)
     try:
-        pid = int(path.read_text(encoding="utf-8").split()[0])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except (OSError, ValueError, IndexError):
+        listed = [int(word) for word in path.read_text(encoding="utf-8").split()]
+    except (OSError, ValueError):
+        listed = []
+    pids = []
+    for pid in listed:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if any(marker in cmdline for marker in SERVER_MARKERS):
+            pids.append(pid)
+    if not pids:
         path.unlink(missing_ok=True)
-        return None
-    if ENGINE_MODULE not in cmdline:
-        path.unlink(missing_ok=True)
-        return None
-    return pid
+    return pids

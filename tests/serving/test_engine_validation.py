@@ -5,14 +5,25 @@ One validator process checks every command of this module (importing vLLM costs 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from config import PROFILES, load_settings
+from config.settings import REPO_ROOT
 from serving.command import EngineCommand, render_command, validate_in_engine
 
 pytestmark = pytest.mark.engine
+
+
+def docs_gpu_example() -> dict[str, object]:
+    """The `serving:` settings of the YAML example in docs/scaling.md (kept true by the test below)."""
+    match = re.search(r"```yaml\n(.*?)```", (REPO_ROOT / "docs" / "scaling.md").read_text(encoding="utf-8"), re.DOTALL)
+    assert match, "docs/scaling.md lost its YAML example"
+    return dict(yaml.safe_load(match.group(1))["serving"])
+
 
 # A deliberately wrong value per kind of mistake, and a word the rejection must contain.
 WRONG: dict[str, tuple[dict[str, object], str]] = {
@@ -31,6 +42,10 @@ WRONG: dict[str, tuple[dict[str, object], str]] = {
     "unknown flag": ({"extra_args": ["--enable-turbo"]}, "--enable-turbo"),
     "out-of-range number": ({"extra_args": ["--max-num-seqs", "-4"]}, "max_num_seqs"),
     "context longer than the model": ({"max_model_len": 65536}, "max_model_len"),
+    "tensor parallel size the heads cannot be split by": (
+        {"tensor_parallel_size": 3, "distributed_executor_backend": "ray"},
+        "divisible by tensor parallel size (3)",
+    ),
 }
 VALID_EXTRAS: dict[str, dict[str, object]] = {
     "draft-model speculation (local draft)": {"speculative_method": "draft", "num_speculative_tokens": 2},
@@ -41,6 +56,12 @@ VALID_EXTRAS: dict[str, dict[str, object]] = {
         "speculative_method": "draft",
         "draft_model": "Qwen/Qwen2.5-0.5B-Instruct",
     },
+    "tensor x pipeline parallel over Ray (local model)": {
+        "tensor_parallel_size": 2,
+        "pipeline_parallel_size": 2,
+        "distributed_executor_backend": "ray",
+    },
+    "GPU-only example of docs/scaling.md (Ray, TP 4 x PP 2)": docs_gpu_example(),
 }
 
 

@@ -95,8 +95,47 @@ def test_start_refuses_when_its_engine_runs_but_does_not_answer(
     assert fake_engine.poll() is None  # left alone
 
 
+def test_stop_takes_down_the_router_and_every_replica_but_not_a_stranger(
+    run_env: dict[str, str], fake_engine: subprocess.Popen[bytes]
+) -> None:
+    """The router renames itself `vllm::router`: the pid file still knows it as ours."""
+    script = "import setproctitle, time; setproctitle.setproctitle('vllm::router'); time.sleep(300)"
+    router = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    stranger = subprocess.Popen(["sleep", "300"])
+    try:
+        deadline = time.monotonic() + 10
+        while b"vllm::router" not in Path(f"/proc/{router.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the fake router never renamed itself"
+            time.sleep(0.1)
+        pids = [router.pid, fake_engine.pid, stranger.pid]
+        (Path(run_env["RAG_SERVING__RUN_DIR"]) / "engine.pid").write_text("".join(f"{p}\n" for p in pids))
+        done = run_cli("stop", env=run_env)
+        assert done.returncode == 0 and f"stopped the engine (pid {router.pid}, {fake_engine.pid})" in done.stderr
+        assert router.wait(timeout=10) != 0 and fake_engine.wait(timeout=10) != 0
+        assert stranger.poll() is None
+    finally:
+        for proc in (router, stranger):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.mark.engine
 def test_check_reports_what_vllm_rejects(tiny_model_path: Path) -> None:
     done = run_cli("check", "--profile", "test", env={"RAG_SERVING__TOOL_CALL_PARSER": "hermez"}, timeout=300)
     assert done.returncode == 1
     assert "serving: error: vLLM rejects the cpu command: invalid tool call parser: hermez" in done.stderr
+
+
+@pytest.mark.engine
+def test_check_validates_every_replica_and_the_router(tiny_model_path: Path) -> None:
+    replicas = {"RAG_SERVING__REPLICAS": "2"}
+    done = run_cli("check", "--profile", "test", "--device", "cpu", env=replicas, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "ok: vLLM accepts the 2 cpu replica commands and vllm-router its command" in done.stdout
+    bad_router = {**replicas, "RAG_SERVING__ROUTER_EXTRA_ARGS": '["--policy", "fastest"]'}
+    done = run_cli("check", "--profile", "test", "--device", "cpu", env=bad_router, timeout=300)
+    assert done.returncode == 1
+    assert (
+        "serving: error: vllm-router rejects its command: argument --policy: invalid choice: 'fastest'" in done.stderr
+    )
