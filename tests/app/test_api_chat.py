@@ -157,6 +157,28 @@ def test_bad_requests_get_openai_errors(api: RunningApi) -> None:
     assert response.status_code == 413
 
 
+def test_top_k_is_part_of_the_cache_scope(api: RunningApi) -> None:
+    """An answer made from 2 passages is served again for top_k=2, never for top_k=8."""
+    c = client(api)
+    question = [{"role": "user", "content": "What does the cpu profile change about serving?"}]
+
+    def ask(top_k: int) -> dict[str, Any]:
+        """The passages given to the model (first chunk) and the final chunk's fields."""
+        stream = c.chat.completions.create(
+            model="rag-model", messages=question, stream=True, extra_body={"top_k": top_k}
+        )  # type: ignore[arg-type]
+        chunks = [chunk.model_extra or {} for chunk in stream]
+        return {**chunks[-1], "retrieved": chunks[0]["retrieved"]}
+
+    first = ask(2)
+    assert first["cached"] is False and len(first["retrieved"]) == 2
+    assert ask(2)["cached"] is True
+    wider = ask(8)
+    assert wider["cached"] is False, "an answer made from 2 passages was served for top_k=8"
+    assert len(wider["retrieved"]) > 2
+    assert ask(8)["cached"] is True
+
+
 def test_models_list(api: RunningApi, vllm_server: LLMServer) -> None:
     models = client(api).models.list()
     assert [m.id for m in models.data] == [vllm_server.model]
