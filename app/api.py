@@ -2,9 +2,9 @@
 
 Every route calls the one `ChatService` of the process; the agent runs on its own event loop
 thread and its blocking parts in worker threads, so concurrent requests never wait on each
-other here. A client that disconnects mid-stream cancels its model request. Bearer auth (every
-route but /health) when `api.api_key` is set; body and upload size limits; loopback by default;
-CORS only for `api.cors_origins`. Schema: docs/api.md.
+other here. A client that disconnects before its answer is done (streamed or not) cancels its
+model request. Bearer auth (every route but /health) when `api.api_key` is set; body and upload
+size limits; loopback by default; CORS only for `api.cors_origins`. Schema: docs/api.md.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
 import anyio
 import openai
@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 
 MULTIPART_OVERHEAD = 1_000_000
 """Bytes allowed in an upload request beyond the files themselves (multipart headers)."""
+
+CLIENT_CLOSED_REQUEST = 499
+"""Status recorded for a request whose client left before the answer (nginx's convention; nobody receives it)."""
+T = TypeVar("T")
 
 _ERROR_KINDS = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 409: "conflict"}
 
@@ -122,8 +126,9 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     async def chat(
         body: ChatRequest,
         service: Service,
+        request: Request,
         x_conversation_id: Annotated[str | None, Header()] = None,
-    ) -> JSONResponse | StreamingResponse:
+    ) -> Response:
         if body.model not in (None, model_name):
             raise HTTPException(404, f"model {body.model!r} does not exist; this server serves {model_name!r}")
         if x_conversation_id and body.conversation_id and x_conversation_id != body.conversation_id:
@@ -157,11 +162,12 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
         headers = {"X-Conversation-Id": conversation_id}
         if not body.stream:
             async with _closing(pieces):
-                async for piece in pieces:
-                    if isinstance(piece, TurnResult):
-                        metrics.turn(piece)
-                        return JSONResponse(completion_json(piece, completion_id, turn_id, model_name), headers=headers)
-            raise RuntimeError("the turn ended without a result")
+                result = await _unless_disconnected(request, _result(pieces))
+            if result is None:  # the client left: its model request was cancelled with the turn
+                metrics.turns.labels("stopped").inc()
+                return Response(status_code=CLIENT_CLOSED_REQUEST)
+            metrics.turn(result)
+            return JSONResponse(completion_json(result, completion_id, turn_id, model_name), headers=headers)
         first = await anext(pieces)  # errors (a bad question) become HTTP errors, not a broken stream
 
         async def events() -> AsyncIterator[str]:
@@ -265,6 +271,43 @@ Service = Annotated[ChatService, Depends(_service)]
 
 def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _result(pieces: AsyncIterator[str | TurnResult]) -> TurnResult:
+    """The turn's result, after its text pieces (a non-streamed answer)."""
+    async for piece in pieces:
+        if isinstance(piece, TurnResult):
+            return piece
+    raise RuntimeError("the turn ended without a result")
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """`work`'s result, or None once the client has gone away: `work` is then cancelled where it
+    waits, which cancels the turn and its model request (vLLM aborts it). Starlette cancels only
+    streamed responses when the client leaves; a plain handler would run to the end unseen."""
+    result: T | None = None
+    error: Exception | None = None
+    async with anyio.create_task_group() as group:
+
+        async def run() -> None:
+            nonlocal result, error
+            try:
+                result = await work
+            except Exception as exc:  # raised below as itself, not wrapped in the task group's ExceptionGroup
+                error = exc
+            group.cancel_scope.cancel()
+
+        async def watch() -> None:
+            # The body has been read: the next message is the disconnect (or never comes).
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        group.start_soon(run)
+        group.start_soon(watch)
+    if error is not None:
+        raise error
+    return result
 
 
 @asynccontextmanager

@@ -295,6 +295,48 @@ def test_disconnect_mid_stream_cancels_the_model_request(
     assert re.search(r'^rag_turns_total\{outcome="stopped"\} 1\.0$', metrics, re.M)
 
 
+def test_client_leaving_a_plain_completion_cancels_the_model_request(
+    proxied_api: tuple[RunningApi, Any, TcpProxy], vllm_server: LLMServer
+) -> None:
+    """Not streamed: the client gives up (cancelled httpx request, as a client timeout does) once
+    the model is answering; the API must notice and cancel the model request, not finish unseen."""
+    api, service, proxy = proxied_api
+    body = {"messages": [{"role": "user", "content": "Tell me everything about the HTTP API."}]}
+    headers = {"Authorization": f"Bearer {API_KEY}", "X-Conversation-Id": "plain-disconnect-1"}
+
+    async def ask_then_leave() -> None:
+        async with httpx.AsyncClient(timeout=120) as http:
+            request = asyncio.create_task(http.post(f"{api.base_url}/chat/completions", json=body, headers=headers))
+            deadline = time.monotonic() + 120
+            while not any(b"chat.completion.chunk" in c.upstream_bytes for c in proxy.connections):
+                assert not request.done(), "the answer ended before the model streamed anything"
+                assert time.monotonic() < deadline, "the model request never started"
+                await asyncio.sleep(0.02)
+            request.cancel()  # closes the connection mid-answer (1200 tokens were asked for)
+            with pytest.raises(asyncio.CancelledError):
+                await request
+
+    asyncio.run(ask_then_leave())
+    (call,) = [c for c in proxy.connections if b"chat.completion.chunk" in c.upstream_bytes]
+    assert call.finished.wait(30), "the API kept its model request open after the client left"
+    assert call.closed_by_client and not call.saw_done, "the answer was not cut short"
+    deadline = time.monotonic() + 60  # a shared engine may be busy with other clients' requests meanwhile
+    while _running_requests(vllm_server) > 0:
+        assert time.monotonic() < deadline, "vLLM still runs requests a minute after the client left"
+        time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while not service.history("plain-disconnect-1"):
+        assert time.monotonic() < deadline, "the stopped turn was not stored"
+        time.sleep(0.1)
+    (turn,) = service.history("plain-disconnect-1")
+    assert turn.stopped and turn.sources
+    metrics = httpx.get(f"{api.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30).text
+    assert re.search(r'^rag_turns_total\{outcome="stopped"\} 1\.0$', metrics, re.M)
+    assert re.search(
+        r'^rag_api_requests_total\{method="POST",route="/v1/chat/completions",status="499"\} 1\.0$', metrics, re.M
+    )
+
+
 def test_metrics_count_requests_turns_tokens_and_cache(api: RunningApi) -> None:
     c = client(api)
     for _ in range(2):  # the second, identical question is a cache hit
