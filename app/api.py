@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api_metrics import ApiMetrics
 from app.api_schema import (
     ChatRequest,
+    FeedbackRequest,
     chunk_json,
     completion_json,
     error_json,
@@ -43,6 +44,7 @@ from app.api_schema import (
 from app.documents import DocumentError, UnknownDocumentError, UploadTooLargeError
 from app.errors import NotFoundError
 from app.service import ChatService
+from app.store import ExportFormat, format_rows
 from chains import Source, TurnResult
 from chains.questions import QuestionError
 from config.settings import Settings
@@ -211,6 +213,20 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
 
         sse_headers = {**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return _EventStream(events(), media_type="text/event-stream", headers=sse_headers)
+
+    @api.post("/v1/feedback")
+    def feedback(body: FeedbackRequest, service: Service) -> dict[str, Any]:
+        """Rate a stored turn, as the UI's thumbs do; a second rating of the turn replaces the first."""
+        service.record_feedback(body.conversation_id, body.turn_id, body.score, body.comment)
+        return body.model_dump()
+
+    @api.get("/v1/feedback")
+    def export_feedback(service: Service, format: ExportFormat = "jsonl") -> Response:
+        """Every rating with its question, answer and cited files, as JSON Lines or CSV."""
+        text = format_rows(service.export_feedback(), format)
+        media_type = "text/csv; charset=utf-8" if format == "csv" else "application/jsonl; charset=utf-8"
+        disposition = f'attachment; filename="feedback.{format}"'
+        return Response(text, media_type=media_type, headers={"Content-Disposition": disposition})
 
     @api.post("/v1/documents", status_code=202, max_body_size=upload_limit)
     async def upload(files: Annotated[list[UploadFile], File()], service: Service) -> dict[str, Any]:
