@@ -158,7 +158,9 @@ def test_an_uploaded_file_is_indexed_and_counted(page: Any, tmp_path: Path) -> N
 
 
 def test_stop_cancels_the_answer_on_the_engine_and_keeps_it_marked(page: Any, vllm_server: LLMServer) -> None:
-    ask(page, "Explain everything about hybrid retrieval and the semantic cache in detail.")
+    # A number of its own, so an earlier complete answer to this question is never a cache hit
+    # (the cache's numbers guard): a cached answer comes whole and cannot be stopped.
+    ask(page, f"Explain everything about hybrid retrieval and the semantic cache in {time.time_ns() % 10**6} points.")
     stop = page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Stop")
     stop.wait_for()
     answer = page.get_by_test_id("stChatMessage").nth(1)
