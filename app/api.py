@@ -3,9 +3,9 @@
 Every route calls the one `ChatService` of the process (of the caller's tenant, when
 `api.keys_file` maps keys to tenants: `app.tenants`); the agent runs on its own event loop
 thread and its blocking parts in worker threads, so concurrent requests never wait on each
-other here. A client that disconnects mid-stream cancels its model request. Bearer auth (every
-route but /health) when `api.api_key` or `api.keys_file` is set; body and upload size limits;
-loopback by default; CORS only for `api.cors_origins`. Schema: docs/api.md.
+other here. A client that disconnects before its answer is done (streamed or not) cancels its
+model request. Bearer auth (every route but /health) when `api.api_key` or `api.keys_file` is set;
+body and upload size limits; loopback by default; CORS only for `api.cors_origins`. Schema: docs/api.md.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
 import anyio
 import openai
@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api_metrics import ApiMetrics
 from app.api_schema import (
     ChatRequest,
+    FeedbackRequest,
     chunk_json,
     completion_json,
     error_json,
@@ -46,6 +47,7 @@ from app.documents import DocumentError, UnknownDocumentError, UploadTooLargeErr
 from app.errors import NotFoundError
 from app.redaction import install_redaction
 from app.service import ChatService
+from app.store import ExportFormat, format_rows
 from app.tenants import ServiceRegistry
 from chains import Source, TurnResult
 from chains.conversations import ConversationBusyError, ConversationDamagedError
@@ -72,6 +74,9 @@ _ERROR_KINDS = {
     413: "request_too_large",
     415: "invalid_request_error",
 }
+CLIENT_CLOSED_REQUEST = 499
+"""Status recorded for a request whose client left before the answer (nginx's convention; nobody receives it)."""
+T = TypeVar("T")
 
 
 def create_app(settings: Settings, service: ChatService | None = None) -> FastAPI:
@@ -133,8 +138,9 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     async def chat(
         body: ChatRequest,
         service: Service,
+        request: Request,
         x_conversation_id: Annotated[str | None, Header()] = None,
-    ) -> JSONResponse | StreamingResponse:
+    ) -> Response:
         if body.model not in (None, model_name):
             raise HTTPException(404, f"model {body.model!r} does not exist; this server serves {model_name!r}")
         if x_conversation_id and body.conversation_id and x_conversation_id != body.conversation_id:
@@ -168,13 +174,14 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
         headers = {"X-Conversation-Id": conversation_id}
         if not body.stream:
             async with _closing(pieces):
-                async for piece in pieces:
-                    if isinstance(piece, TurnResult):
-                        metrics.turn(piece)
-                        if piece.interrupted:
-                            raise HTTPException(502, _cut_off(piece), headers=headers)
-                        return JSONResponse(completion_json(piece, completion_id, turn_id, model_name), headers=headers)
-            raise RuntimeError("the turn ended without a result")
+                result = await _unless_disconnected(request, _result(pieces))
+            if result is None:  # the client left: its model request was cancelled with the turn
+                metrics.turns.labels("stopped").inc()
+                return Response(status_code=CLIENT_CLOSED_REQUEST)
+            metrics.turn(result)
+            if result.interrupted:
+                raise HTTPException(502, _cut_off(result), headers=headers)
+            return JSONResponse(completion_json(result, completion_id, turn_id, model_name), headers=headers)
         first = await anext(pieces)  # errors (a bad question) become HTTP errors, not a broken stream
 
         async def events() -> AsyncIterator[str]:
@@ -223,6 +230,20 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
 
         sse_headers = {**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return _EventStream(events(), media_type="text/event-stream", headers=sse_headers)
+
+    @api.post("/v1/feedback", dependencies=[Depends(_json_body)])
+    def feedback(body: FeedbackRequest, service: Service) -> dict[str, Any]:
+        """Rate a stored turn, as the UI's thumbs do; a second rating of the turn replaces the first."""
+        service.record_feedback(body.conversation_id, body.turn_id, body.score, body.comment)
+        return body.model_dump()
+
+    @api.get("/v1/feedback")
+    def export_feedback(service: Service, format: ExportFormat = "jsonl") -> Response:
+        """Every rating with its question, answer and cited files, as JSON Lines or CSV."""
+        text = format_rows(service.export_feedback(), format)
+        media_type = "text/csv; charset=utf-8" if format == "csv" else "application/jsonl; charset=utf-8"
+        disposition = f'attachment; filename="feedback.{format}"'
+        return Response(text, media_type=media_type, headers={"Content-Disposition": disposition})
 
     @api.post("/v1/documents", status_code=202, dependencies=[Depends(_multipart_body)])
     async def upload(files: Annotated[list[UploadFile], File()], service: Service) -> dict[str, Any]:
@@ -324,6 +345,43 @@ def _multipart_body(content_type: Annotated[str | None, Header()] = None) -> Non
 
 def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _result(pieces: AsyncIterator[str | TurnResult]) -> TurnResult:
+    """The turn's result, after its text pieces (a non-streamed answer)."""
+    async for piece in pieces:
+        if isinstance(piece, TurnResult):
+            return piece
+    raise RuntimeError("the turn ended without a result")
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """`work`'s result, or None once the client has gone away: `work` is then cancelled where it
+    waits, which cancels the turn and its model request (vLLM aborts it). Starlette cancels only
+    streamed responses when the client leaves; a plain handler would run to the end unseen."""
+    result: T | None = None
+    error: Exception | None = None
+    async with anyio.create_task_group() as group:
+
+        async def run() -> None:
+            nonlocal result, error
+            try:
+                result = await work
+            except Exception as exc:  # raised below as itself, not wrapped in the task group's ExceptionGroup
+                error = exc
+            group.cancel_scope.cancel()
+
+        async def watch() -> None:
+            # The body has been read: the next message is the disconnect (or never comes).
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        group.start_soon(run)
+        group.start_soon(watch)
+    if error is not None:
+        raise error
+    return result
 
 
 @asynccontextmanager

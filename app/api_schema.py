@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.store import MAX_COMMENT_CHARS
 from chains import Source, TurnResult
 
 
@@ -109,6 +110,18 @@ def url_citations(answer: str, sources: tuple[Source, ...] | list[Source]) -> li
 def usage_json(result: TurnResult) -> dict[str, int]:
     prompt, completion = result.tokens.prompt_tokens, result.tokens.completion_tokens
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class FeedbackRequest(BaseModel):
+    """`POST /v1/feedback`: a rating of one stored turn (ids as the chat response returned them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    conversation_id: str = Field(min_length=1, max_length=200)
+    turn_id: str = Field(min_length=1, max_length=200)
+    score: Literal[1, -1]
+    """+1 thumbs up, -1 thumbs down."""
+    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
 
 
 def rag_fields(result: TurnResult, turn_id: str) -> dict[str, Any]:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TextIO
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -298,6 +299,9 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("immediate") else "BEGIN")
 
 
+ExportFormat = Literal["csv", "jsonl"]
+
+
 def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """CSV or JSON Lines, chosen by the file's extension."""
     suffix = path.suffix.lower()
@@ -305,15 +309,26 @@ def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         raise ValueError(f"export file must end in .csv or .jsonl, not {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="") as fh:
-        if suffix == ".jsonl":
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            return
-        fields = list(rows[0]) if rows else ["conversation_id", "turn_id", "score", "comment"]
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
+        _write_rows(fh, rows, "csv" if suffix == ".csv" else "jsonl")
+
+
+def format_rows(rows: Sequence[dict[str, Any]], export_format: ExportFormat) -> str:
+    """The rows as CSV or JSON Lines text (what the API's export returns)."""
+    buffer = io.StringIO(newline="")
+    _write_rows(buffer, rows, export_format)
+    return buffer.getvalue()
+
+
+def _write_rows(fh: TextIO, rows: Sequence[dict[str, Any]], export_format: ExportFormat) -> None:
+    if export_format == "jsonl":
         for row in rows:
-            writer.writerow({k: "; ".join(v) if isinstance(v, list) else v for k, v in row.items()})
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return
+    fields = list(rows[0]) if rows else ["conversation_id", "turn_id", "score", "comment"]
+    writer = csv.DictWriter(fh, fieldnames=fields)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "; ".join(v) if isinstance(v, list) else v for k, v in row.items()})
 
 
 def _title(question: str) -> str:

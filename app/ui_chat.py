@@ -21,10 +21,9 @@ STOPPING_WAIT_S = 10.0
 def render_chat(resources: Resources, cid: str, options: SessionOptions) -> None:
     service = resources.service
     streaming = st.session_state.get(ANSWER_KEY)
-    if streaming is not None:
-        # A Stop click starts this run while the stopped run may still be storing its partial
-        # answer in its own thread; wait for it so the history below includes it.
-        streaming.wait_closed(STOPPING_WAIT_S)
+    # A Stop click starts this run while the stopped run may still be storing its partial answer in
+    # its own thread; wait for it so the history below includes it.
+    stopping = streaming is not None and not streaming.wait_closed(STOPPING_WAIT_S)
     try:
         turns = service.history(cid)
     except QuestionError as exc:  # a hand-edited ?c= in the URL
@@ -34,6 +33,12 @@ def render_chat(resources: Resources, cid: str, options: SessionOptions) -> None
         st.markdown("### Ask about your documents\nAnswers cite the passages they rest on; open a source to read it.")
     for turn in turns:
         render_turn(service, cid, turn)
+    if streaming is not None and stopping:
+        # Still unwinding (a loaded machine): say so, and redraw once it is stored, rather than
+        # leave the page without the stopped answer until the next click.
+        st.caption("Stopping the last answer…")
+        streaming.wait_closed(STOPPING_WAIT_S)
+        st.rerun()
     question = st.chat_input("Ask about your documents")
     if question:
         ask(resources, cid, question, options)

@@ -337,7 +337,7 @@ class RagAgent:
         async with self._lock(turn.conversation_id):
             history = await self._conversations.messages(turn.conversation_id)
             failure = await self._condense(turn, history) if has_turns(history) else None
-            scope = self._scope()
+            scope = self._scope(options.top_k)
             lookup = None
             if use_cache:
                 lookup = await self._lookup(turn, scope)
@@ -492,10 +492,12 @@ class RagAgent:
         turn.notices.append(f"the answer was cut off: {failure}")
         return turn.result(partial, registry.cited(partial), interrupted=True, error=failure)
 
-    def _scope(self) -> CacheScope:
+    def _scope(self, top_k: int | None) -> CacheScope:
+        """Where this turn's answer is cached; a per-call `top_k` equal to the default shares the default's."""
         from chains.cache import CacheScope
 
-        return CacheScope(self._retriever.index_version, self._model_name, PROMPT_VERSION)
+        k = top_k or self._retriever.settings.top_k
+        return CacheScope(self._retriever.index_version, self._model_name, PROMPT_VERSION, top_k=k)
 
     async def _lookup(self, turn: _Turn, scope: CacheScope) -> Lookup:
         assert self._cache is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import openai
 from langchain_openai import ChatOpenAI
@@ -31,7 +31,8 @@ def make_chat_model(llm: LLMSettings) -> ChatOpenAI:
     It gets its own async HTTP client: langchain-openai otherwise shares one per process, whose
     pooled connections stay bound to the event loop of whoever used them first. vLLM's
     `stream_interval` goes in the request body only when it changes anything (> 1), so a server
-    that rejects unknown fields still works at 1.
+    that rejects unknown fields still works at 1; `llm.extra_body` goes there as given. No
+    per-chunk timeout of langchain-openai's own: cancelling a turn must cancel its request.
     """
     base_url, model = endpoint(llm)
     return ChatOpenAI(
@@ -45,8 +46,17 @@ def make_chat_model(llm: LLMSettings) -> ChatOpenAI:
         max_retries=llm.max_retries,
         streaming=True,
         stream_usage=True,
-        extra_body={"stream_interval": llm.stream_interval} if llm.stream_interval > 1 else None,
+        # Off: it wraps every chunk in asyncio.wait_for, which on Python 3.11 swallows a cancellation
+        # that arrives when the next chunk is already there (CPython bpo-42130, fixed in 3.12), so a
+        # stopped turn kept streaming its answer to the end. `idle_limited` bounds silences instead.
+        stream_chunk_timeout=None,
+        extra_body=_extra_body(llm) or None,
     )
+
+
+def _extra_body(llm: LLMSettings) -> dict[str, Any]:
+    """`llm.extra_body`, plus vLLM's `stream_interval` when it changes anything (> 1)."""
+    return {**llm.extra_body, **({"stream_interval": llm.stream_interval} if llm.stream_interval > 1 else {})}
 
 
 def unavailable_reason(exc: BaseException, base_url: str) -> str | None:

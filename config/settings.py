@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     SecretStr,
     ValidationError,
     field_validator,
@@ -264,6 +265,13 @@ class IndexSettings(_Section):
         return self
 
 
+RESERVED_REQUEST_FIELDS = frozenset(
+    {"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature"}
+    | {"tools", "tool_choice", "n", "stream_interval"}
+)
+"""Request fields the chat client sets itself, so `llm.extra_body` cannot override them."""
+
+
 class LLMSettings(_Section):
     """How the chains reach the model: the OpenAI-compatible HTTP API only."""
 
@@ -285,6 +293,18 @@ class LLMSettings(_Section):
     """Tokens per streamed chunk after the first, which always comes at once (vLLM's per-request
     `stream_interval`). Fewer chunks cut per-token work in the client and the server
     (`make bench-chains`); 1 sends every token and omits the field, for servers other than vLLM."""
+    extra_body: dict[str, JsonValue] = Field(default_factory=dict, max_length=32)
+    """Extra fields for every model request body: the server's own sampling parameters (vLLM:
+    `repetition_penalty`, `min_p`, `ignore_eos`, `chat_template_kwargs`, ...). Fields the client sets
+    itself (model, messages, stream, max_tokens, temperature, tools, ...) are refused."""
+
+    @field_validator("extra_body")
+    @classmethod
+    def _no_client_fields(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        taken = sorted(RESERVED_REQUEST_FIELDS.intersection(value))
+        if taken:
+            raise ValueError(f"llm.extra_body must not set {', '.join(taken)}: the client sets them itself")
+        return value
 
 
 class ChainSettings(_Section):

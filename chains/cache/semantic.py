@@ -65,6 +65,8 @@ class CacheScope:
     index_version: str
     model: str
     prompt_version: str
+    top_k: int | None = None
+    """Passages the answer was given: an answer made from 2 passages is not one made from 8."""
 
 
 @dataclass

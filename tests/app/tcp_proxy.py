@@ -94,12 +94,18 @@ class TcpProxy:
             sock.close()
 
     def _pump_down(self, upstream: socket.socket, client: socket.socket, record: Connection) -> None:
+        """Model server -> client; a client that is gone when more of the answer comes is noted here
+        too, since this thread may see it before `_pump_up` does (both run at once)."""
         try:
             while data := upstream.recv(65536):
                 if self.delay_s:
                     time.sleep(self.delay_s)
                 record.upstream_bytes += data
-                client.sendall(data)
+                try:
+                    client.sendall(data)
+                except OSError:
+                    record.closed_by_client = True
+                    break
         except OSError:
             pass
         record.finished.set()
