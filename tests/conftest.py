@@ -18,7 +18,7 @@ import pytest
 
 from config import load_settings
 from serving.launch import EngineServer, free_port, group_pids
-from serving.tiny_model import DEFAULT_DIR, build_tiny_model
+from serving.tiny_model import DEFAULT_DATA, DEFAULT_DIR, build_tiny_model
 from tests.llm_server import LLMServer
 
 
@@ -32,8 +32,13 @@ def embed_model() -> Any:
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    """The offline tiny chat model folder, built on first use (a few seconds)."""
-    build_tiny_model(DEFAULT_DIR)
+    """The offline tiny chat model, trained on first use (`make test` trains it before the tests;
+    an unchanged recipe is not retrained)."""
+    if not (DEFAULT_DATA / "eval.jsonl").is_file():
+        from chains.synthetic import main as render_chats
+
+        render_chats(["--out", str(DEFAULT_DATA)])
+    build_tiny_model(DEFAULT_DIR, data_dir=DEFAULT_DATA)
     return DEFAULT_DIR
 
 
