@@ -52,26 +52,26 @@ else
 endif
 	touch $@
 
-# The offline model: the chains render its training chats, serving trains it. Both steps are
-# cached: the chats by make (their inputs below), the model by a hash of its recipe.
+tiny-model: $(VENV)/.installed ## Build the offline tiny random-weights chat model into models/tiny-chat
+	$(PY) -m serving tiny-model
+
+# The opt-in trained tiny model (issue 9): the chains render its training chats, serving trains it.
+# Both steps are cached: the chats by make (their inputs below), the model by a hash of its recipe.
 TINY_DATA   := models/tiny-data
 TINY_INPUTS := chains/synthetic.py chains/prompts.py chains/context.py chains/tools.py chains/results.py \
                $(shell find data/docs -name '*.md' -o -name '*.txt')
-# Train the tiny model unless a model is configured (used by the targets that serve it).
-ENSURE_TINY := if [ -z "$$RAG_SERVING__MODEL" ]; then $(MAKE) --no-print-directory tiny-model; fi
 
 $(TINY_DATA)/eval.jsonl: $(TINY_INPUTS) | $(VENV)/.installed
 	$(PY) -m chains.synthetic --out $(TINY_DATA)
 
-tiny-model: $(VENV)/.installed $(TINY_DATA)/eval.jsonl ## Train the offline tiny extractive chat model into models/tiny-chat (minutes once; cached by recipe hash)
-	$(PY) -m serving tiny-model --quiet
+.PHONY: tiny-model-trained
+tiny-model-trained: $(VENV)/.installed $(TINY_DATA)/eval.jsonl ## Train the opt-in extractive tiny model into models/tiny-trained (below target, issue 9; serve it with RAG_SERVING__MODEL=models/tiny-trained)
+	$(PY) -m serving train-tiny-model
 
 serve: install ## Run the vLLM server for the active profile in the foreground (PROFILE=..., RAG_SERVING__MODEL=...)
-	@$(ENSURE_TINY)
 	$(PY) -m serving serve $(if $(PROFILE),--profile $(PROFILE))
 
 serve-start: install ## Start the vLLM server in the background and wait until it is healthy
-	@$(ENSURE_TINY)
 	$(PY) -m serving start $(if $(PROFILE),--profile $(PROFILE))
 
 serve-stop: ## Stop a background vLLM server started by serve-start
@@ -87,14 +87,12 @@ serve-check: install ## Validate that command offline with vLLM's own parser (PR
 	$(PY) -m serving check $(if $(PROFILE),--profile $(PROFILE)) $(if $(DEVICE),--device $(DEVICE))
 
 demo: install ## The main job on a fresh machine: pick the model (a real one if a model hub answers), start the engine, index the sample docs, start the API and the chat UI
-	@eval "$$($(PY) -m serving pick-model --profile $(DEMO_PROFILE))" && $(ENSURE_TINY) && \
+	@eval "$$($(PY) -m serving pick-model --profile $(DEMO_PROFILE))" && \
 	$(PY) -m serving start --profile $(DEMO_PROFILE) && \
 	$(PY) -m indexing --profile $(DEMO_PROFILE) ingest && \
 	RAG_UI_PORT=$(UI_PORT) $(PY) -m app.demo --profile $(DEMO_PROFILE) start && \
 	if [ -z "$$RAG_SERVING__MODEL" ]; then \
-	echo ">>> Offline model: a tiny extractive toy trained here on synthetic chats, not a language model."; \
-	echo ">>> It quotes the first sentence of passage [1] with its citation, calls the search tool and rewrites follow-ups;"; \
-	echo ">>> its held-out accuracy per behaviour is in models/tiny-chat/tiny_model.json."; \
+	echo ">>> Serving the offline tiny random-weights model: its answers are noise, the cited sources are real."; \
 	echo ">>> Set RAG_SERVING__MODEL to a real model, or reach a model hub, for real answers (README: Serving)."; \
 	else echo ">>> Serving $$RAG_SERVING__MODEL."; fi && \
 	if [ ! -t 0 ]; then $(PY) -m app.demo --profile $(DEMO_PROFILE) ask "$(DEMO_QUESTION_1)" "$(DEMO_QUESTION_2)"; fi
@@ -117,7 +115,8 @@ app: $(VENV)/.installed ## The Streamlit chat UI on http://127.0.0.1:8501 (UI_PO
 	$(VENV)/bin/streamlit run app/ui.py --server.address 127.0.0.1 --server.port $(UI_PORT) \
 		--server.headless true --browser.gatherUsageStats false --client.toolbarMode minimal
 
-test: install tiny-model ## Run the whole test suite (unit + integration with a real vLLM CPU server)
+test: install ## Run the whole test suite (unit + integration with a real vLLM CPU server)
+	$(PY) -m serving tiny-model --quiet
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed ## Only the tests that start no servers and need no engine environment
@@ -132,7 +131,6 @@ lint: $(VENV)/.installed ## ruff + mypy + the import contracts between the parts
 bench: bench-serve bench-ingest eval-retrieval bench-cache bench-chains bench-api bench-followups bench-embed ## Run every benchmark (results in bench/results/)
 
 bench-serve: install ## Serving benchmark: TTFT, throughput, batching, speculation, prefix caching
-	@$(ENSURE_TINY)
 	$(PY) -m bench.serve
 
 bench-ingest: $(VENV)/.installed ## Ingestion throughput vs raw embedding, re-ingest, retrieval latency
@@ -157,4 +155,4 @@ bench-embed: $(VENV)/.installed ## Embedding backends: single-query latency, bat
 	$(PY) -m bench.embeddings --pairs ../shared/data/cache_pairs.json --squad ../shared/data/squad-dev-v1.1.json
 
 clean: ## Remove built models and runtime data (keeps environments and sample docs)
-	rm -rf models/tiny-chat $(TINY_DATA) data/index data/cache data/conversations.sqlite data/app.sqlite* .run
+	rm -rf models/tiny-chat models/tiny-trained $(TINY_DATA) data/index data/cache data/conversations.sqlite data/app.sqlite* .run

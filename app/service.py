@@ -53,7 +53,7 @@ class EngineStatus:
     detail: str
     """"ok", or why the engine cannot answer (answers are then retrieval-only)."""
     offline_model: bool
-    """The offline tiny model is serving: an extractive toy (quotes and cites by rule), not a language model."""
+    """The offline tiny random-weights model is serving: answers are noise, sources are real."""
 
 
 @dataclass(frozen=True)

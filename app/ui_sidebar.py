@@ -39,9 +39,8 @@ def render_banners(service: ChatService, status: EngineStatus) -> None:
         )
     if status.offline_model:
         st.info(
-            f"**Offline demo model in use** ({status.model}): a tiny extractive toy trained locally, not a "
-            "language model: it quotes a retrieved passage with its citation, calls the search tool and rewrites "
-            "follow-ups by rule, to exercise every path. For real answers serve a real model, "
+            f"**Offline demo model in use** ({status.model}): a tiny random-weights model built locally, so the "
+            "answers are noise while the retrieved, cited sources are real. For real answers serve a real model, "
             "e.g. `RAG_SERVING__MODEL=Qwen/Qwen2.5-0.5B-Instruct make serve PROFILE=cpu` (README: Serving).",
             icon=":material/science:",
         )

@@ -30,7 +30,9 @@ from serving.launch import (
     stop_process_group,
     write_pid_file,
 )
-from serving.tiny_model import DEFAULT_DATA, DEFAULT_DIR, build_info, build_tiny_model, is_built
+from serving.tiny_model import DEFAULT_DIR, build_tiny_model, is_built
+from serving.trained_model import DEFAULT_DATA, build_info, build_trained_model
+from serving.trained_model import DEFAULT_DIR as TRAINED_DIR
 
 log = logging.getLogger("serving")
 
@@ -72,11 +74,17 @@ def _parser() -> argparse.ArgumentParser:
         command(name, func, help_text).add_argument(
             "--device", choices=("cpu", "cuda"), help="render for this device (default: detected)"
         )
-    tiny = command("tiny-model", _tiny_model, "train the offline tiny chat model (cached by its recipe hash)")
+    tiny = command("tiny-model", _tiny_model, "build the offline tiny random-weights chat model")
     tiny.add_argument("--quiet", action="store_true", help="print nothing when it is already built")
-    tiny.add_argument("--force", action="store_true", help="retrain even when the same recipe is built")
+    tiny.add_argument("--force", action="store_true", help="rebuild even when present")
     tiny.add_argument("--path", type=Path, default=DEFAULT_DIR, help=f"target folder (default: {DEFAULT_DIR})")
-    tiny.add_argument(
+    trained = command(
+        "train-tiny-model", _train_tiny_model, "train the opt-in extractive tiny model (cached by its recipe hash)"
+    )
+    trained.add_argument("--quiet", action="store_true", help="print nothing when it is already built")
+    trained.add_argument("--force", action="store_true", help="retrain even when the same recipe is built")
+    trained.add_argument("--path", type=Path, default=TRAINED_DIR, help=f"target folder (default: {TRAINED_DIR})")
+    trained.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help=f"train.jsonl + eval.jsonl (default: {DEFAULT_DATA})"
     )
     command(
@@ -187,8 +195,17 @@ def _check(args: argparse.Namespace) -> int:
 
 def _tiny_model(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    if build_tiny_model(args.path, force=args.force):
+        log.info("built the tiny random-weights chat model in %s (%.1f s)", args.path, time.monotonic() - started)
+    elif not args.quiet:
+        log.info("tiny model already present in %s", args.path)
+    return 0
+
+
+def _train_tiny_model(args: argparse.Namespace) -> int:
+    started = time.monotonic()
     try:
-        built = build_tiny_model(args.path, data_dir=args.data, force=args.force)
+        built = build_trained_model(args.path, data_dir=args.data, force=args.force)
     except (FileNotFoundError, ValueError) as exc:
         raise ServingError(str(exc)) from exc
     if built:
@@ -225,7 +242,7 @@ def _demo(args: argparse.Namespace) -> int:
     if not is_healthy(url):
         raise ServingError(f"no healthy engine at {url}; start one with `make serve-start`")
     if settings.serving.model == str(DEFAULT_DIR):
-        log.info("serving the offline tiny model: an extractive toy, not a language model (README: Serving)")
+        log.info("serving the tiny random-weights model: its answer is noise (set RAG_SERVING__MODEL for a real one)")
     client = OpenAI(base_url=f"{url}/v1", api_key=settings.llm.api_key.get_secret_value())
     question = "In one sentence: what does a retrieval-augmented chat system do?"
     print(f"Q: {question}\nA: ", end="", flush=True)
@@ -243,10 +260,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _ensure_tiny_model(settings: Settings) -> None:
-    """The default model must have been trained (`make tiny-model`); any other missing model is an
-    error later. Serving cannot render the training chats itself: they come from the chains."""
+    """The default model is built here on first use; any other missing model is an error later."""
     if settings.serving.model == str(DEFAULT_DIR) and not is_built(DEFAULT_DIR):
-        raise ServingError(f"the offline tiny model is not built in {DEFAULT_DIR}: run `make tiny-model` first")
+        log.info("building the offline tiny model into %s", DEFAULT_DIR)
+        build_tiny_model(DEFAULT_DIR)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import pytest
 
 from config import load_settings
 from serving.launch import EngineServer, free_port, group_pids
-from serving.tiny_model import DEFAULT_DATA, DEFAULT_DIR, build_tiny_model
+from serving.tiny_model import DEFAULT_DIR, build_tiny_model
 from tests.llm_server import LLMServer
 
 
@@ -32,14 +32,23 @@ def embed_model() -> Any:
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    """The offline tiny chat model, trained on first use (`make test` trains it before the tests;
-    an unchanged recipe is not retrained)."""
-    if not (DEFAULT_DATA / "eval.jsonl").is_file():
-        from chains.synthetic import main as render_chats
-
-        render_chats(["--out", str(DEFAULT_DATA)])
-    build_tiny_model(DEFAULT_DIR, data_dir=DEFAULT_DATA)
+    """The offline tiny chat model folder, built on first use (a few seconds)."""
+    build_tiny_model(DEFAULT_DIR)
     return DEFAULT_DIR
+
+
+@pytest.fixture(scope="session")
+def trained_model_path() -> Path:
+    """The opt-in trained tiny model (issue 9), trained on first use; an unchanged recipe is not
+    retrained (`make tiny-model-trained` builds it ahead)."""
+    from chains.synthetic import main as render_chats
+    from serving.trained_model import DEFAULT_DATA, build_trained_model
+    from serving.trained_model import DEFAULT_DIR as TRAINED_DIR
+
+    if not (DEFAULT_DATA / "eval.jsonl").is_file():
+        render_chats(["--out", str(DEFAULT_DATA)])
+    build_trained_model(TRAINED_DIR, data_dir=DEFAULT_DATA)
+    return TRAINED_DIR
 
 
 @pytest.fixture(scope="session")

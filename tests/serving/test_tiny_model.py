@@ -1,5 +1,4 @@
-"""The offline model kit: the trained model's behaviours on held-out chats, its shape, tokenizer and
-chat template, and a build that is seeded, cached by its recipe and never left half done."""
+"""The offline model kit: shape, tokenizer, chat template with tools, determinism, idempotence."""
 
 from __future__ import annotations
 
@@ -8,13 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2ForCausalLM
+from transformers import AutoTokenizer
 
-from chains.synthetic import KINDS
-from chains.synthetic import main as render_chats
-from serving.tiny_model import DEFAULT_DATA, MARKER, build_info, build_tiny_model, is_built
-from serving.training import Recipe, accuracy, encode, read_jsonl, render
+from serving.tiny_model import MARKER, build_tiny_model, is_built
 
 TOOLS: list[dict[Any, Any]] = [
     {
@@ -26,73 +21,38 @@ TOOLS: list[dict[Any, Any]] = [
         },
     }
 ]
-SMALL = Recipe(vocab_size=600, intermediate_size=128, copy_steps=2, steps=2, per_kind=1)
-"""A recipe that trains in seconds: for build mechanics, not behaviour."""
 
 
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data = tmp_path_factory.mktemp("chats")
-    assert render_chats(["--out", str(data), "--train", "24", "--eval-per-kind", "2", "--seed", "9"]) == 0
-    return data
-
-
-@pytest.fixture(scope="module")
-def small_build(tmp_path_factory: pytest.TempPathFactory, small_data: Path) -> Path:
+def fresh_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("kit") / "tiny-chat"
-    assert build_tiny_model(path, data_dir=small_data, recipe=SMALL) is True
+    assert build_tiny_model(path) is True
     return path
 
 
-def test_held_out_exact_match_is_at_least_95_percent_per_behaviour(tiny_model_path: Path) -> None:
-    """Computed here from the saved weights on chats whose sentences were never trained on."""
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(tiny_model_path)
-    model = Qwen2ForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
-    held_out = [encode(tokenizer, row) for row in read_jsonl(DEFAULT_DATA / "eval.jsonl")]
-    measured = accuracy(model, held_out, tokenizer.pad_token_id)
-    assert set(measured) == set(KINDS)
-    exact = {kind: a.exact for kind, a in measured.items()}
-    assert all(share >= 0.95 for share in exact.values()), exact
-
-
-def test_teacher_forced_exact_match_agrees_with_greedy_generation(tiny_model_path: Path) -> None:
-    """The build measures exact match in forward passes; greedy decoding must agree, row by row."""
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(tiny_model_path)
-    model = Qwen2ForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
-    rows = read_jsonl(DEFAULT_DATA / "eval.jsonl")
-    for kind in ("answer", "tool_call", "condense"):
-        for row in [r for r in rows if r["kind"] == kind][:2]:
-            prompt, target = render(tokenizer, row)
-            ids = tokenizer(prompt, return_tensors="pt").input_ids
-            out = model.generate(ids, max_new_tokens=96, do_sample=False, eos_token_id=tokenizer.eos_token_id)  # type: ignore[misc]
-            generated = tokenizer.decode(out[0, ids.shape[1] :])
-            forced = accuracy(model, [encode(tokenizer, row)], tokenizer.pad_token_id)[kind].exact == 1.0
-            assert (generated == target) == forced, (generated, target)
-
-
-def test_model_has_the_shape_vllm_cpu_needs_and_stays_small(tiny_model_path: Path) -> None:
-    config = json.loads((tiny_model_path / "config.json").read_text())
+def test_model_has_the_shape_vllm_cpu_needs(fresh_build: Path) -> None:
+    config = json.loads((fresh_build / "config.json").read_text())
     assert config["architectures"] == ["Qwen2ForCausalLM"]
+    assert (config["num_hidden_layers"], config["hidden_size"]) == (2, 128)
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (2, 1)
     assert config["hidden_size"] // config["num_attention_heads"] == 64  # CPU attention rejects head_dim 16
-    assert config["num_hidden_layers"] >= 2  # copying needs a previous-token and an induction head
+    assert config["initializer_range"] == pytest.approx(0.3)
     assert config["max_position_embeddings"] >= 4096  # the longest profile context
-    assert (tiny_model_path / "model.safetensors").stat().st_size < 20_000_000
-    info = build_info(tiny_model_path)
-    assert info["recipe"]["threads"] == 1 and info["train_seconds"] > 0  # type: ignore[index, operator]
+    assert (fresh_build / "model.safetensors").stat().st_size < 5_000_000
 
 
-def test_tokenizer_is_byte_level_bpe_with_chatml_specials(small_build: Path) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(small_build)
+def test_tokenizer_is_byte_level_bpe_with_chatml_specials(fresh_build: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(fresh_build)
     text = "Grüße, naïve café — 東京 🚀"
     assert tokenizer.decode(tokenizer.encode(text)) == text  # byte-level: nothing is unknown
     for token in ("<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"):
         assert len(tokenizer.encode(token)) == 1, token
-    config = json.loads((small_build / "config.json").read_text())
+    config = json.loads((fresh_build / "config.json").read_text())
     assert tokenizer.convert_ids_to_tokens(config["eos_token_id"]) == "<|im_end|>"
 
 
-def test_chat_template_renders_tools_calls_and_results_like_qwen(small_build: Path) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(small_build)
+def test_chat_template_renders_tools_calls_and_results_like_qwen(fresh_build: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(fresh_build)
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": "Answer from the documents."},
         {"role": "user", "content": "What is RAG?"},
@@ -115,36 +75,17 @@ def test_chat_template_renders_tools_calls_and_results_like_qwen(small_build: Pa
     assert plain == "<|im_start|>user\nWhat is RAG?<|im_end|>\n<|im_start|>assistant\n"
 
 
-def test_build_is_seeded_and_reproducible(small_build: Path, small_data: Path, tmp_path: Path) -> None:
-    again = tmp_path / "again"
-    assert build_tiny_model(again, data_dir=small_data, recipe=SMALL) is True
+def test_build_is_seeded_and_reproducible(fresh_build: Path, tiny_model_path: Path) -> None:
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
-        assert (small_build / name).read_bytes() == (again / name).read_bytes(), name
+        assert (fresh_build / name).read_bytes() == (tiny_model_path / name).read_bytes(), name
 
 
-def test_build_is_cached_by_recipe_and_completes_a_half_folder(
-    tmp_path: Path, small_build: Path, small_data: Path
-) -> None:
-    assert build_tiny_model(small_build, data_dir=small_data, recipe=SMALL) is False  # same recipe: nothing to do
+def test_build_is_idempotent_and_completes_a_half_folder(tmp_path: Path, fresh_build: Path) -> None:
+    assert build_tiny_model(fresh_build) is False  # already complete: nothing to do
     half = tmp_path / "half"
     half.mkdir()
     (half / "config.json").write_text("{}")  # e.g. an interrupted copy
     assert not is_built(half)
-    assert build_tiny_model(half, data_dir=small_data, recipe=SMALL) is True
+    assert build_tiny_model(half) is True
     assert is_built(half) and (half / MARKER).is_file() and (half / "model.safetensors").is_file()
     assert list(tmp_path.iterdir()) == [half]  # no staging folder left behind
-    changed = Recipe(**{**SMALL.__dict__, "seed": SMALL.seed + 1})
-    assert build_tiny_model(half, data_dir=small_data, recipe=changed) is True  # another recipe: rebuilt
-    assert build_info(half)["recipe_hash"] != build_info(small_build)["recipe_hash"]
-
-
-def test_missing_or_malformed_training_chats_get_a_clear_error(tmp_path: Path, small_data: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"python -m chains\.synthetic"):
-        build_tiny_model(tmp_path / "m", data_dir=tmp_path / "nowhere", recipe=SMALL)
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "eval.jsonl").write_bytes((small_data / "eval.jsonl").read_bytes())
-    (bad / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
-    with pytest.raises(ValueError, match=r"train.jsonl:1: the last message must be the assistant's target"):
-        build_tiny_model(tmp_path / "m", data_dir=bad, recipe=SMALL)
-    assert not (tmp_path / "m").exists()
