@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import statistics
 import time
 import uuid
@@ -41,7 +42,7 @@ from chains.conversations import (
 )
 from chains.followups import fuse, needs_history, rejection
 from chains.leaks import PromptLeakFilter
-from chains.llm import endpoint, idle_limited, make_chat_model, unavailable_reason, within
+from chains.llm import endpoint, idle_limited, make_chat_model, served_chars_per_token, unavailable_reason, within
 from chains.loop_thread import LoopThread
 from chains.middleware import (
     ContextPrefetchMiddleware,
@@ -52,6 +53,7 @@ from chains.middleware import (
 from chains.prompts import PROMPT_VERSION, SYSTEM_PROMPT, retrieval_only_answer
 from chains.questions import QuestionError, conversation_id_or_new, prepare_question
 from chains.results import Source, TurnResult
+from chains.tokens import CHARS_PER_TOKEN
 from chains.tools import make_search_tool
 from chains.trace import LLMCallTracer, TurnTrace
 from config.settings import Settings
@@ -66,6 +68,8 @@ Piece = str | TurnResult
 SourcesCallback = Callable[[list[Source]], None]
 MAX_TOP_K = 100
 """Most passages one call may ask for (the bound of `index.top_k`)."""
+SCALE_RETRY_S = 60.0
+"""After the served model could not tell its tokens per character, ask again this much later."""
 
 
 class RagAgent:
@@ -95,6 +99,8 @@ class RagAgent:
         self._tools = [make_search_tool(retriever, settings.index.top_k)]
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._uncached_s: deque[float] = deque(maxlen=100)
+        self._budget_scale: float | None = None  # set by the first turn that could measure it
+        self._scale_failed_at = -math.inf
         self._owned: list[object] = []  # parts from_settings built, closed with the agent
         self._owned_clients: list[Any] = []  # async HTTP clients of those parts, closed on the loop
         self._runner = LoopThread(name="rag-agent")
@@ -348,7 +354,8 @@ class RagAgent:
                     return
             with turn.trace.stage("retrieval"):
                 passages = await self._retrieve(turn, options.top_k, self._shared(lookup))
-            registry = PassageRegistry(self._settings.chains.context_token_budget)
+            budget = self._settings.chains.context_token_budget
+            registry = PassageRegistry(int(budget * await self._token_scale(passages)))
             prompt_context = registry.add(passages)
             options.announce(registry.sources)
             context = TurnContext(
@@ -482,6 +489,29 @@ class RagAgent:
         await self._conversations.record(turn.conversation_id, turn.asked, AIMessage(answer, id=uuid.uuid4().hex))
         turn.notices.append(f"answered from retrieval only: {failure}")
         yield turn.result(answer, registry.sources, retrieval_only=True, error=failure)
+
+    async def _token_scale(self, passages: list[Passage]) -> float:
+        """How much of the context budget (in estimated tokens) fits the served model's window: 1.0
+        when its tokenizer packs at least the estimate's characters per token (or cannot be asked),
+        less for a denser one (the offline tiny model: about 2.3). Measured once, on real passages."""
+        if self._budget_scale is not None:
+            return self._budget_scale
+        sample = "\n".join(p.text for p in passages)[:4000]
+        if not sample or time.monotonic() - self._scale_failed_at < SCALE_RETRY_S:
+            return 1.0
+        timeout = min(2.0, self._settings.llm.request_timeout_s)
+        ratio = await served_chars_per_token(self._base_url, self._model_name, sample, timeout)
+        if ratio is None:
+            self._scale_failed_at = time.monotonic()  # asked again after SCALE_RETRY_S
+            return 1.0
+        self._budget_scale = min(1.0, ratio / CHARS_PER_TOKEN)
+        if self._budget_scale < 1.0:
+            logger.info(
+                "the served model's tokenizer counts %.1f characters per token: passage budgets scaled by %.2f",
+                ratio,
+                self._budget_scale,
+            )
+        return self._budget_scale
 
     async def _interrupted(self, turn: _Turn, partial: str, registry: PassageRegistry, failure: str) -> TurnResult:
         """The result of an answer the model server stopped sending midway: the text that arrived,

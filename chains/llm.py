@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
+import httpx
 import openai
 from langchain_openai import ChatOpenAI
 
@@ -23,6 +24,22 @@ def endpoint(llm: LLMSettings) -> tuple[str, str]:
     if llm.base_url is None or llm.model is None:
         raise ValueError("llm.base_url and llm.model are unset: build settings with config.load_settings()")
     return llm.base_url, llm.model
+
+
+async def served_chars_per_token(base_url: str, model: str, sample: str, timeout_s: float = 2.0) -> float | None:
+    """Characters per token of the served model's tokenizer on `sample`, from vLLM's `/tokenize`
+    route; None when the server cannot say (down, or an OpenAI-compatible server without it).
+
+    Prompt budgets are counted in estimated tokens (`chains.tokens`); a model whose tokenizer
+    packs fewer characters per token than the estimate would otherwise overflow its window."""
+    root = base_url.rstrip("/").removesuffix("/v1")
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s) as client:
+            response = await client.post(f"{root}/tokenize", json={"model": model, "prompt": sample})
+            count = int(response.raise_for_status().json()["count"])
+    except (httpx.HTTPError, KeyError, TypeError, ValueError):
+        return None
+    return len(sample) / count if count > 0 else None
 
 
 def make_chat_model(llm: LLMSettings) -> ChatOpenAI:

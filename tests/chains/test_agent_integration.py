@@ -16,7 +16,8 @@ import pytest
 
 from chains import RagAgent, TurnResult
 from chains.condense import is_summary
-from config.settings import Settings
+from config import load_settings
+from config.settings import REPO_ROOT, Settings
 from tests.chains.chain_docs import DOCS, write_docs
 
 pytestmark = pytest.mark.integration
@@ -206,3 +207,45 @@ def test_summary_replaces_old_turns_past_the_budget(live_settings: Settings, ret
     assert is_summary(history[0]) and history[0].text
     assert [m.text for m in history[-2:-1]] == ["and shipping?"]
     assert len(history) == 5  # summary, last turn, question, answer
+
+
+async def test_the_served_tokenizer_is_measured_and_an_unreachable_server_is_none(vllm_server: Any) -> None:
+    from chains.llm import served_chars_per_token
+
+    text = (REPO_ROOT / "data" / "docs" / "user-guide" / "http-api.md").read_text(encoding="utf-8")
+    ratio = await served_chars_per_token(vllm_server.base_url, vllm_server.model, text)
+    assert ratio is not None and 1.0 < ratio < 8.0
+    assert await served_chars_per_token("http://127.0.0.1:9/v1", "rag-model", text, timeout_s=1.0) is None
+
+
+def test_a_full_context_budget_fits_the_served_window(tmp_path: Path, vllm_server: Any, embed_model: Any) -> None:
+    """The `cpu` profile's budgets (a 1,024-token passage budget, 256-token answers, a 2,048-token
+    window) over the sample user guide: the budget is counted in estimated tokens, and the tiny
+    model's tokenizer packs about 2.3 characters per token, not 4. Unscaled, the prompt overflowed
+    the window and every such turn fell back to retrieval only."""
+    from indexing.pipeline import ingest
+    from indexing.retrieval import open_retriever
+
+    cpu = load_settings("cpu")
+    shutil.copytree(REPO_ROOT / "data" / "docs" / "user-guide", tmp_path / "docs" / "user-guide")
+    settings = load_settings(
+        "test",
+        index={"index_dir": tmp_path / "index", "docs_dir": tmp_path / "docs", "top_k": 8},
+        llm={"base_url": vllm_server.base_url, "model": vllm_server.model, "max_tokens": cpu.llm.max_tokens},
+        chains={
+            "conversations_db": tmp_path / "conversations.sqlite",
+            "context_token_budget": cpu.chains.context_token_budget,
+        },
+        cache={"enabled": False},
+    )
+    assert settings.serving.max_model_len <= cpu.serving.max_model_len
+    ingest(settings.index, [settings.index.docs_dir], progress=False, embed_model=embed_model)
+    retriever = open_retriever(settings.index, embed_model=embed_model)
+    try:
+        with RagAgent.from_settings(settings, retriever=retriever) as agent:
+            result = agent.invoke("How do I call the HTTP API with curl and an API key?")
+    finally:
+        retriever.close()
+    assert isinstance(result, TurnResult)
+    assert not result.retrieval_only, result.error
+    assert result.tokens.prompt_tokens + cpu.llm.max_tokens <= settings.serving.max_model_len
