@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from indexing.retrieval import HybridRetriever, Passage
 
 DEFAULT_DATA = Path("../shared/data/squad-dev-v1.1.json")
-DEFAULT_OUT = Path("bench/results/eval.json")
+DEFAULT_OUT = Path("bench/results/answer_eval.json")
 QUESTIONS_PER_ARTICLE = 10
 """Default corpus size: one article ingested per this many answerable questions (at most half the set)."""
 RATES = (

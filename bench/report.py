@@ -427,7 +427,8 @@ def _parts(results: Path) -> tuple[list[Part], Json | None]:
             if "load_avg_1m_before" in step:
                 part.load = (step["load_avg_1m_before"], step["load_avg_1m_after"])
             if step["status"] != "ok":
-                part.status, part.error, part.cores = "failed", step.get("error") or "failed", cores
+                status = "skipped" if step["status"] == "skipped" else "failed"
+                part.status, part.error, part.cores = status, step.get("error") or status, cores
                 parts.append(part)
                 continue
         path = results / spec.output

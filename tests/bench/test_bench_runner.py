@@ -40,6 +40,14 @@ def test_a_benchmark_that_writes_its_results_ran(tmp_path: Path) -> None:
     assert record["load_avg_1m_after"] >= 0
 
 
+def test_a_benchmark_without_its_outside_data_is_skipped_not_failed(tmp_path: Path) -> None:
+    missing = tmp_path / "shared" / "cache_pairs.json"
+    needing = run_all.Step("cache", "bench.no_such_benchmark", (), "out.json", needs=(missing,))
+    [record] = run_all.run([needing], tmp_path, True, 0, 60)
+    assert record["status"] == "skipped" and str(missing) in record["error"]
+    assert not (tmp_path / "logs" / "cache.log").exists()  # it was never started
+
+
 def test_an_unknown_benchmark_name_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         run_all.main(["--only", "serve", "sevre"])
