@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -386,6 +387,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[SquadAr
     parser.add_argument("--profile", default=None, help="settings profile (default: the active one)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="result JSON (a PNG is written next to it)")
     parser.add_argument("--concurrency", type=int, default=4, help="questions in flight at once")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the eval index here, one folder per choice of articles, so a re-run skips the ingest "
+        "(default: a temporary folder)",
+    )
     parser.add_argument("--judge-url", default=None, help="LLM judge endpoint (overrides evaluation.judge_base_url)")
     add_server_arguments(parser)
     args = parser.parse_args(argv)
@@ -430,26 +438,37 @@ def main(argv: list[str] | None = None) -> int:
         settings.evaluation.judge_base_url = args.judge_url
     ingested, asked = choose(articles, args.articles, args.limit, args.unanswerable, args.seed)
     with tempfile.TemporaryDirectory(prefix="answer-eval-") as scratch:
-        result = run(settings, args, ingested, asked, Path(scratch))
+        home = Path(scratch) if args.workdir is None else index_folder(args.workdir, settings, args.data, ingested)
+        settings.chains.conversations_db = Path(scratch) / "conversations.sqlite"  # every run starts afresh
+        result = run(settings, args, ingested, asked, home)
     clean = _undefined_as_null(result)
     write_results(clean, args.out.parent, args.out.stem, plot, table(clean))
     return 1 if result["summary"]["failed"] == len(asked) else 0
 
 
+def index_folder(workdir: Path, settings: Settings, data: Path, ingested: list[SquadArticle]) -> Path:
+    """A folder of `workdir` for exactly these articles and index settings: another choice never
+    finds a previous choice's passages in its index."""
+    index = settings.index
+    chunking = [index.embed_model, index.embed_backend, index.chunk_size, index.chunk_overlap]
+    key = json.dumps([str(data), [a.title for a in ingested], *chunking])
+    return from_root(workdir) / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def run(
-    settings: Settings, args: argparse.Namespace, ingested: list[SquadArticle], asked: list[Asked], scratch: Path
+    settings: Settings, args: argparse.Namespace, ingested: list[SquadArticle], asked: list[Asked], home: Path
 ) -> dict[str, Any]:
-    """Ingest the chosen articles into `scratch`, ask every question, score; the result dict."""
+    """Ingest the chosen articles into `home` (incremental: a kept index is reused), ask every
+    question, score; the result dict."""
     from chains import RagAgent
     from indexing.embeddings import load_embedding
     from indexing.pipeline import ingest
     from indexing.retrieval import open_retriever
 
-    corpus = scratch / "corpus"
+    corpus = home / "corpus"
     paragraphs = write_corpus(ingested, corpus)
-    settings.index.docs_dir, settings.index.index_dir = corpus, scratch / "index"
-    settings.chains.conversations_db = scratch / "conversations.sqlite"
-    settings.cache.enabled, settings.cache.dir = False, scratch / "cache"  # every answer generated
+    settings.index.docs_dir, settings.index.index_dir = corpus, home / "index"
+    settings.cache.enabled, settings.cache.dir = False, home / "cache"  # every answer generated
     k = settings.index.top_k
     embed = load_embedding(settings.index.embed_model, settings.index.embed_batch_size, settings.index.embed_backend)
     print(f"ingesting {paragraphs} paragraphs of {len(ingested)} articles ...", file=sys.stderr, flush=True)

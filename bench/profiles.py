@@ -180,7 +180,7 @@ def answer_f1(variant: Variant, overrides: Overrides, base_url: str, limit: int,
     variant's engine and settings; its summary, or the error that stopped it."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **env_overrides(overrides)}
     argv = [sys.executable, "-m", "bench.answer_eval", "--limit", str(limit), "--profile", variant.profile]
-    argv += ["--base-url", base_url]
+    argv += ["--base-url", base_url, "--workdir", str(out.parent / "answer-eval-index")]  # ingested once
     try:
         done = subprocess.run(
             [*argv, "--out", str(out)],

@@ -185,6 +185,22 @@ def test_the_cli_on_the_served_tiny_model(vllm_server: Any, tmp_path: Path, caps
     assert result["config"]["cache"].startswith("off")
 
 
+@pytest.mark.integration
+def test_a_kept_workdir_is_reused_for_the_same_articles_only(vllm_server: Any, tmp_path: Path) -> None:
+    """`make bench` asks the same questions once per profile: the second run finds its index."""
+    base = ["--data", str(SUBSET), "--limit", "4", "--profile", "test", "--base-url", vllm_server.base_url]
+    runs = []
+    for seed in (0, 0, 1):
+        out = tmp_path / f"eval-{len(runs)}.json"
+        assert main([*base, "--seed", str(seed), "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 0
+        runs.append(json.loads(out.read_text(encoding="utf-8")))
+    folders = sorted(p.name for p in (tmp_path / "work").iterdir())
+    assert len(folders) == 2  # seeds 0 and 1 chose other articles: another folder
+    first, again, other = (r["config"] for r in runs)
+    assert first["chunks"] == again["chunks"] > 0 and first["articles"] == again["articles"] != other["articles"]
+    assert runs[1]["summary"]["hit_at_k"] == runs[0]["summary"]["hit_at_k"]
+
+
 def test_rows_of_unanswerable_questions_carry_no_answer_scores() -> None:
     question = read_squad(SUBSET)[0].questions[0]
     row = Row(Asked(question, False), answer="The documents don't say.", refused=True)
