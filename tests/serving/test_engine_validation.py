@@ -19,9 +19,10 @@ pytestmark = pytest.mark.engine
 
 
 def docs_gpu_example() -> dict[str, object]:
-    """The `serving:` settings of the YAML example in docs/scaling.md (kept true by the test below)."""
-    match = re.search(r"```yaml\n(.*?)```", (REPO_ROOT / "docs" / "scaling.md").read_text(encoding="utf-8"), re.DOTALL)
-    assert match, "docs/scaling.md lost its YAML example"
+    """The `serving:` settings of the Ray example in docs/scaling.md (kept true by the test below)."""
+    text = (REPO_ROOT / "docs" / "scaling.md").read_text(encoding="utf-8")
+    match = re.search(r"```yaml\n(serving:.*?)```", text, re.DOTALL)
+    assert match, "docs/scaling.md lost its YAML example of serving settings"
     return dict(yaml.safe_load(match.group(1))["serving"])
 
 
