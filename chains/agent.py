@@ -70,6 +70,8 @@ MAX_TOP_K = 100
 """Most passages one call may ask for (the bound of `index.top_k`)."""
 SCALE_RETRY_S = 60.0
 """After the served model could not tell its tokens per character, ask again this much later."""
+SCALE_WAIT_S = 0.5
+"""Longest a turn waits for that answer (a healthy vLLM gives it in milliseconds)."""
 
 
 class RagAgent:
@@ -101,6 +103,7 @@ class RagAgent:
         self._uncached_s: deque[float] = deque(maxlen=100)
         self._budget_scale: float | None = None  # set by the first turn that could measure it
         self._scale_failed_at = -math.inf
+        self._scale_task: asyncio.Future[float | None] | None = None
         self._owned: list[object] = []  # parts from_settings built, closed with the agent
         self._owned_clients: list[Any] = []  # async HTTP clients of those parts, closed on the loop
         self._runner = LoopThread(name="rag-agent")
@@ -314,6 +317,8 @@ class RagAgent:
         _close_parts(self._owned)
 
     async def _aclose(self) -> None:
+        if self._scale_task is not None:
+            self._scale_task.cancel()
         for client in self._owned_clients:
             await client.aclose()
         await close_checkpointer(self._saver)
@@ -493,14 +498,22 @@ class RagAgent:
     async def _token_scale(self, passages: list[Passage]) -> float:
         """How much of the context budget (in estimated tokens) fits the served model's window: 1.0
         when its tokenizer packs at least the estimate's characters per token (or cannot be asked),
-        less for a denser one (the offline tiny model: about 2.3). Measured once, on real passages."""
+        less for a denser one (the offline tiny model: about 2.3). Measured once, on real passages;
+        a turn waits at most SCALE_WAIT_S for the answer (a silent server must not hold it up)."""
         if self._budget_scale is not None:
             return self._budget_scale
-        sample = "\n".join(p.text for p in passages)[:4000]
-        if not sample or time.monotonic() - self._scale_failed_at < SCALE_RETRY_S:
-            return 1.0
-        timeout = min(2.0, self._settings.llm.request_timeout_s)
-        ratio = await served_chars_per_token(self._base_url, self._model_name, sample, timeout)
+        if self._scale_task is None:
+            sample = "\n".join(p.text for p in passages)[:4000]
+            if not sample or time.monotonic() - self._scale_failed_at < SCALE_RETRY_S:
+                return 1.0
+            timeout = min(2.0, self._settings.llm.request_timeout_s)
+            self._scale_task = asyncio.ensure_future(
+                served_chars_per_token(self._base_url, self._model_name, sample, timeout)
+            )
+        done, _ = await asyncio.wait({self._scale_task}, timeout=SCALE_WAIT_S)
+        if not done:
+            return 1.0  # still asking: a later turn uses the answer
+        ratio, self._scale_task = self._scale_task.result(), None
         if ratio is None:
             self._scale_failed_at = time.monotonic()  # asked again after SCALE_RETRY_S
             return 1.0

@@ -27,6 +27,8 @@ POOL_SIZE = 8
 """Most PostgreSQL connections one process's conversations use (turns of different conversations run at once)."""
 
 T = TypeVar("T")
+SETUP_LOCK_KEY = 0x7261_6763_6861_7401
+"""PostgreSQL advisory-lock key under which one process at a time creates the checkpoint tables."""
 
 
 class ConversationStoreError(RuntimeError):
@@ -111,7 +113,14 @@ async def open_postgres_checkpointer(url: str) -> BaseCheckpointSaver[Any]:
     try:
         await pool.open(wait=True, timeout=15)
         saver = AsyncPostgresSaver(pool)  # a pool is one of its Conn types: turns of several conversations at once
-        await saver.setup()
+        # Replicas starting together would run LangGraph's migrations at once ("duplicate key ...
+        # checkpoint_migrations_pkey"): one at a time, under a session advisory lock.
+        async with pool.connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+            try:
+                await saver.setup()
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
     except (PgError, TimeoutError) as exc:
         await pool.close()
         raise ConversationStoreError(f"cannot open the conversations database in PostgreSQL ({exc})") from exc

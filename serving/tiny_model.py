@@ -169,7 +169,11 @@ def _corpus() -> list[str]:
     for name in _CORPUS_MODULES:
         module = importlib.import_module(name)
         texts.append(inspect.getdoc(module) or "")
-        for _, member in sorted(inspect.getmembers(module)):
+        # The public names only: `dir()` also shows attributes a module creates lazily on first use
+        # (`unittest.IsolatedAsyncioTestCase`), so the corpus, and the tokenizer, depended on what the
+        # process had touched before (pytest touches more than the CLI).
+        for attribute in sorted(getattr(module, "__all__", None) or dir(module)):
+            member = getattr(module, attribute, None)
             doc = inspect.getdoc(member) if callable(member) else None
             if doc:
                 texts.append(doc)

@@ -74,7 +74,7 @@ def test_ingest_killed_five_times_at_random_points_heals_to_one_clean_ingest(
         with pytest.raises(IndexLockedError) as exc:
             ingest(settings, progress=False, embed_model=embed_model)
         refused.append(str(exc.value))
-        assert f"pid {pid} on" in refused[-1] and "index.chroma_mode=http" in refused[-1]
+        assert f"pid {pid} on" in refused[-1] and "state.mode=shared" in refused[-1]
 
     states = []
     for n, (point, nth, fraction) in enumerate(plan):
