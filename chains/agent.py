@@ -502,18 +502,21 @@ class RagAgent:
         a turn waits at most SCALE_WAIT_S for the answer (a silent server must not hold it up)."""
         if self._budget_scale is not None:
             return self._budget_scale
-        if self._scale_task is None:
+        task = self._scale_task  # shared by the turns that run meanwhile
+        if task is None:
             sample = "\n".join(p.text for p in passages)[:4000]
             if not sample or time.monotonic() - self._scale_failed_at < SCALE_RETRY_S:
                 return 1.0
             timeout = min(2.0, self._settings.llm.request_timeout_s)
-            self._scale_task = asyncio.ensure_future(
+            task = self._scale_task = asyncio.ensure_future(
                 served_chars_per_token(self._base_url, self._model_name, sample, timeout)
             )
-        done, _ = await asyncio.wait({self._scale_task}, timeout=SCALE_WAIT_S)
+        done, _ = await asyncio.wait({task}, timeout=SCALE_WAIT_S)
         if not done:
             return 1.0  # still asking: a later turn uses the answer
-        ratio, self._scale_task = self._scale_task.result(), None
+        if self._scale_task is task:
+            self._scale_task = None
+        ratio = task.result()
         if ratio is None:
             self._scale_failed_at = time.monotonic()  # asked again after SCALE_RETRY_S
             return 1.0
