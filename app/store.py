@@ -65,6 +65,8 @@ _FEEDBACK = sa.Table(
         ["conversation_id", "turn_id"], ["turns.conversation_id", "turns.turn_id"], ondelete="CASCADE"
     ),
 )
+_CREATE_LOCK_KEY = 0x7261_6763_6861_7402
+"""PostgreSQL advisory-lock key under which one process at a time creates the store's tables."""
 
 _JOBS = sa.Table(
     "ingest_jobs",
@@ -132,7 +134,12 @@ class ChatStore:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
             sa.event.listen(self._engine, "begin", _sqlite_begin)
-        _META.create_all(self._engine)
+        with self._engine.begin() as conn:
+            if self._dialect == "postgresql":
+                # Replicas starting together would both create the tables ("relation already
+                # exists"): one at a time, under a transaction-scoped advisory lock.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATE_LOCK_KEY})
+            _META.create_all(conn)
 
     def close(self) -> None:
         self._engine.dispose()
