@@ -142,6 +142,7 @@ audit: install ## pip-audit of both environments minus requirements/audit-allow.
 	$(PY) .ci/audit.py $(if $(AUDIT_ALLOW_UNREACHABLE),--allow-unreachable)
 
 bench: install ## Every benchmark, then one report: bench/results/report.md (QUICK=1: a smoke run into bench/results/quick/)
+	$(PY) -m serving tiny-model --quiet
 	$(PY) -m bench.run_all $(if $(filter 1 yes true,$(QUICK)),--quick)
 
 .PHONY: bench-report
@@ -150,6 +151,7 @@ bench-report: $(VENV)/.installed ## Rewrite bench/results/report.md and the READ
 
 .PHONY: bench-profiles
 bench-profiles: install ## One RAG workload per profile, and with cache/speculation/prefix caching/summary off (QUICK=1)
+	$(PY) -m serving tiny-model --quiet
 	$(PY) -m bench.profiles $(if $(filter 1 yes true,$(QUICK)),--quick)
 
 bench-serve: install ## Serving benchmark: TTFT, throughput, batching, speculation, prefix caching
