@@ -256,6 +256,29 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def sample_index(
+    workdir: Path, max_tokens: int, *, startup_timeout_s: float, request_timeout_s: float
+) -> tuple[Path, Settings, int]:
+    """A clean work folder with the sample documents indexed, `cpu` settings that use it, and the
+    chunk count: this benchmark and `bench.soak` load the API over the same index."""
+    for noisy in ("httpx", "chromadb"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from indexing.pipeline import ingest
+
+    work = workdir.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    settings = load_settings(
+        "cpu",
+        serving={"startup_timeout_s": startup_timeout_s},
+        index={"index_dir": work / "index", "docs_dir": REPO_ROOT / "data" / "docs"},
+        llm={"max_tokens": max_tokens, "request_timeout_s": request_timeout_s},
+    )
+    report = ingest(settings.index, progress=False)
+    log.info("index: %d documents, %d chunks", report.documents, report.chunks)
+    return work, settings, report.chunks
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-url", help="use this running OpenAI-compatible server instead of starting vLLM")
@@ -266,23 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parse_args(parser, argv, quick={"seconds": 3.0})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("httpx", "chromadb"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    from indexing.pipeline import ingest
+    # a loaded machine took over 300 s to start the engine
+    work, settings, chunks = sample_index(args.workdir, args.max_tokens, startup_timeout_s=900, request_timeout_s=300)
     from serving.launch import EngineServer, free_port
 
-    work = args.workdir.resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    settings = load_settings(
-        "cpu",
-        serving={"startup_timeout_s": 900},  # a loaded machine took over 300 s to start the engine
-        index={"index_dir": work / "index", "docs_dir": REPO_ROOT / "data" / "docs"},
-        llm={"max_tokens": args.max_tokens, "request_timeout_s": 300},
-    )
-    report = ingest(settings.index, progress=False)
-    log.info("index: %d documents, %d chunks", report.documents, report.chunks)
     server = None
     if args.base_url:
         settings.llm.base_url = args.base_url.rstrip("/")
@@ -321,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "server": "started by the benchmark" if server else settings.llm.base_url,
             "profile": settings.profile,
             "max_tokens": settings.llm.max_tokens,
-            "index_chunks": report.chunks,
+            "index_chunks": chunks,
             "seconds_per_phase": args.seconds,
             "cpus": os.cpu_count(),
             "load_average_1m_before_after": [load_before[0], load_after[0]],

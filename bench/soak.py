@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import sys
 import threading
 import time
@@ -36,9 +35,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.api import API_KEY, HIT_QUESTIONS, rss_mb, start_api, wait_ready, warm_up
+from bench.api import API_KEY, HIT_QUESTIONS, rss_mb, sample_index, start_api, wait_ready, warm_up
 from bench.common import machine, write_results
-from config import load_settings
 from config.settings import REPO_ROOT
 
 log = logging.getLogger("bench.soak")
@@ -343,23 +341,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--clients must be at least 1 and --duration at least 10 seconds")
     restart_at = args.duration / 2 if args.restart_at is None else args.restart_at
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("httpx", "chromadb"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    from indexing.pipeline import ingest
+    # a loaded machine took minutes to start the engine
+    work, settings, chunks = sample_index(args.workdir, args.max_tokens, startup_timeout_s=1200, request_timeout_s=120)
     from serving.launch import EngineServer, free_port
 
-    work = args.workdir.resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    settings = load_settings(
-        "cpu",
-        serving={"startup_timeout_s": 1200, "port": free_port()},  # a loaded machine took minutes to start
-        index={"index_dir": work / "index", "docs_dir": REPO_ROOT / "data" / "docs"},
-        llm={"max_tokens": args.max_tokens, "request_timeout_s": 120},
-    )
-    report = ingest(settings.index, progress=False)
-    log.info("index: %d documents, %d chunks", report.documents, report.chunks)
+    settings.serving.port = free_port()
+    settings.llm.base_url = f"http://127.0.0.1:{settings.serving.port}/v1"
     server = EngineServer(settings.serving, log_path=work / "engine.log").start()
     log.info("vLLM ready in %.0f s at %s", server.startup_s or 0, settings.llm.base_url)
     port = free_port()
@@ -405,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "model": settings.serving.model,
             "profile": settings.profile,
             "max_tokens": settings.llm.max_tokens,
-            "index_chunks": report.chunks,
+            "index_chunks": chunks,
             "load_average_1m_before_after": [load_before[0], load_after[0]],
             "note": "tiny random-weights model: answers are noise; latencies, errors and resources are real.",
         },
