@@ -12,6 +12,13 @@ holding what the settings' paths would otherwise hold (`docs/`, `index/`, `cache
 `conversations.sqlite`, `app.sqlite`; a Chroma server gets a collection per tenant), and one
 `ChatService` over it: the isolation is by construction, since no object of one tenant's service
 can reach another's folders. Without a keys file the API serves one service as before.
+
+In shared mode (`state.mode: shared`) the same holds on the servers: each tenant's PostgreSQL
+connections carry `search_path` = its own schema `tenant_<name>` (created on first use), so its
+conversations, turns, feedback, jobs and cached answers are tables of that schema; its Chroma
+collections (documents and cache vectors) carry its name; its ingest lock is keyed by its
+collection. `api.tenants_dir` then holds what stays on disk (docstore, BM25, manifest, uploads)
+and must be one folder every replica sees, like `index.index_dir` without tenants.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from pydantic import SecretStr
 
 from config.settings import Settings
 
@@ -40,6 +50,9 @@ log = logging.getLogger(__name__)
 
 TENANT_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,38}[a-z0-9])?$")
 """Tenant names are folder names and the end of a Chroma collection name (which must end alphanumeric)."""
+SCHEMA_PREFIX = "tenant_"
+"""A tenant's PostgreSQL schema is this + its name: one schema per name (a fixed prefix on distinct
+names), never `public` or a `pg_` schema, at most 47 characters (PostgreSQL allows 63)."""
 KEY_PREFIX = "rag_"
 SHOWN_CHARS = 8
 """Characters of a key kept in clear in the file (to tell keys apart in `list`)."""
@@ -126,22 +139,62 @@ class KeysFile:
 
 
 def tenant_settings(settings: Settings, tenant: str) -> Settings:
-    """The settings of one tenant: every data path moved under `api.tenants_dir / tenant`."""
+    """The settings of one tenant: every data path moved under `api.tenants_dir / tenant`; in shared
+    mode also its own PostgreSQL schema and its name on its Chroma collections (cache ones too)."""
     root = settings.api.tenants_dir / check_name(tenant)
-    return settings.model_copy(
-        update={
-            "index": settings.index.model_copy(
-                update={
-                    "docs_dir": root / "docs",
-                    "index_dir": root / "index",
-                    "collection": f"{settings.index.collection[:20]}-{tenant}",
-                }
-            ),
-            "chains": settings.chains.model_copy(update={"conversations_db": root / "conversations.sqlite"}),
-            "cache": settings.cache.model_copy(update={"dir": root / "cache"}),
-            "api": settings.api.model_copy(update={"store_db": root / "app.sqlite"}),
-        }
-    )
+    update = {
+        "index": settings.index.model_copy(
+            update={
+                "docs_dir": root / "docs",
+                "index_dir": root / "index",
+                "collection": f"{settings.index.collection[:20]}-{tenant}",
+            }
+        ),
+        "chains": settings.chains.model_copy(update={"conversations_db": root / "conversations.sqlite"}),
+        "cache": settings.cache.model_copy(update={"dir": root / "cache"}),
+        "api": settings.api.model_copy(update={"store_db": root / "app.sqlite"}),
+    }
+    shared_url = _shared_url(settings)
+    if shared_url is not None:
+        # model_copy runs no validator: fill each copy `Settings._place_state` filled from the URL.
+        url = SecretStr(with_search_path(shared_url, tenant_schema(tenant)))
+        update["state"] = settings.state.model_copy(update={"postgres_url": url})
+        update["index"] = update["index"].model_copy(update={"state_url": url})
+        update["cache"] = update["cache"].model_copy(update={"state_url": url, "collection_prefix": f"{tenant}-"})
+    return settings.model_copy(update=update)
+
+
+def _shared_url(settings: Settings) -> str | None:
+    """The PostgreSQL URL of shared mode (every tenant's schema is on it), None in embedded mode."""
+    url = settings.state.postgres_url
+    return url.get_secret_value() if url is not None and settings.state.mode == "shared" else None
+
+
+def tenant_schema(tenant: str) -> str:
+    return SCHEMA_PREFIX + check_name(tenant)
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """`url` whose connections use `schema` for every unqualified table (created or read): libpq's
+    `options=-csearch_path=...`, which psycopg, SQLAlchemy and LangGraph's saver all pass on.
+    Options already in the URL are kept; `schema` must be a checked name (it is not escaped)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    options = [value for name, value in query if name == "options"] + [f'-csearch_path="{schema}"']
+    query = [(name, value) for name, value in query if name != "options"] + [("options", " ".join(options))]
+    # quote, not quote_plus: libpq decodes %20 in a URI but keeps a '+' as it is.
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
+def ensure_schema(url: str, schema: str) -> None:
+    """Create `schema` if it is missing. Replicas opening a new tenant at the same moment would race
+    in `CREATE SCHEMA IF NOT EXISTS` (a duplicate-key error): a transaction lock takes them in turn."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url, connect_timeout=10) as conn:  # one transaction, committed on exit
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"ragchat schema {schema}",))
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
 
 
 class ServiceRegistry:
@@ -189,6 +242,9 @@ class ServiceRegistry:
                 settings = self.settings if tenant is None else tenant_settings(self.settings, tenant)
                 if tenant is not None:
                     (settings.index.docs_dir / settings.api.uploads_dir).mkdir(parents=True, exist_ok=True)
+                    shared_url = _shared_url(self.settings)
+                    if shared_url is not None:
+                        ensure_schema(shared_url, tenant_schema(tenant))
                     log.info("opening tenant %s", tenant)
                 service = ChatService.from_settings(settings)
                 self._services[tenant] = service

@@ -361,6 +361,9 @@ class CacheSettings(_Section):
     """Chroma server holding the cached questions' vectors in shared mode (copied from `index`)."""
     chroma_port: int = Field(8001, ge=1, le=65535)
     """Its port (copied from `index.chroma_port` in shared mode)."""
+    collection_prefix: str = Field("", max_length=41, pattern=r"^([a-z0-9][a-z0-9_-]*-)?$")
+    """Start of this cache's Chroma collection names in shared mode: set per tenant (`acme-`) by
+    app/tenants.py so tenants sharing a Chroma server never share a cache collection; empty otherwise."""
 
 
 class ApiSettings(_Section):
@@ -389,9 +392,11 @@ class ApiSettings(_Section):
     """Timeout of one engine health probe (status, /health)."""
     keys_file: ProjectPath | None = None
     """API keys file (JSON of key hashes, `python -m app.tenants add NAME`); when set, each key's tenant
-    gets its own documents, index, conversations, feedback and cache under `tenants_dir/NAME`."""
+    gets its own documents, index, conversations, feedback and cache under `tenants_dir/NAME` (in shared
+    mode: its own PostgreSQL schema `tenant_NAME` and Chroma collections named after it)."""
     tenants_dir: ProjectPath = Path("data/tenants")
-    """Folder of the tenants' data folders (used only with `keys_file`)."""
+    """Folder of the tenants' data folders (used only with `keys_file`; in shared mode one folder every
+    replica sees, like `index.index_dir`)."""
 
     @field_validator("uploads_dir")
     @classmethod
@@ -531,11 +536,6 @@ class Settings(BaseSettings):
         if self.state.postgres_url is None:
             raise ValueError(
                 "state.postgres_url is required when state.mode is 'shared' (postgresql://USER@HOST:PORT/DB)"
-            )
-        if self.api.keys_file is not None:
-            raise ValueError(
-                "api.keys_file (one tenant per key) works in state.mode 'embedded' only: in shared mode every "
-                "tenant would read one Chroma collection and one database (docs/scaling.md)"
             )
         if self.index.chroma_mode == "embedded" and "chroma_mode" in self.index.model_fields_set:
             raise ValueError(

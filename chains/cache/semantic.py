@@ -195,7 +195,7 @@ class SemanticCache:
         shared = None
         if settings.state_url is not None:
             url = sqlalchemy_url(settings.state_url.get_secret_value())
-            shared = SharedServers(url, settings.chroma_host, settings.chroma_port)
+            shared = SharedServers(url, settings.chroma_host, settings.chroma_port, settings.collection_prefix)
         return cls(
             settings.dir,
             load_embedding(embed_model_name, embed_batch_size, embed_backend),

@@ -75,6 +75,8 @@ class SharedServers:
     sql_url: str
     chroma_host: str
     chroma_port: int
+    collection_prefix: str = ""
+    """Start of every collection name (a tenant's name and `-`), so tenants never share one."""
 
 
 SHARED_TABLE_PREFIX = "ragcache_"
@@ -348,6 +350,7 @@ class SharedScopes:
         import sqlalchemy as sa
 
         self._engine = sa.create_engine(servers.sql_url)
+        self._prefix = servers.collection_prefix
         self._table = sa.Table(
             f"{SHARED_TABLE_PREFIX}scopes",
             sa.MetaData(),
@@ -363,7 +366,7 @@ class SharedScopes:
         import sqlalchemy as sa
         from sqlalchemy.dialects.postgresql import insert
 
-        name = f"{SHARED_TABLE_PREFIX.rstrip('_')}-{key}-{uuid.uuid4().hex[:8]}"
+        name = f"{self._prefix}{SHARED_TABLE_PREFIX.rstrip('_')}-{key}-{uuid.uuid4().hex[:8]}"
         with self._engine.begin() as conn:
             conn.execute(insert(self._table).values(key=key, collection=name).on_conflict_do_nothing())
             return str(conn.execute(sa.select(self._table.c.collection).where(self._table.c.key == key)).scalar_one())

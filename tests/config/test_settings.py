@@ -231,10 +231,6 @@ def test_state_mode_is_the_one_switch_to_shared_state(monkeypatch: pytest.Monkey
             {"state": {"mode": "shared", "postgres_url": "postgresql://db/rag"}, "index": {"chroma_mode": "embedded"}},
             "index.chroma_mode must be 'http'",
         ),
-        (
-            {"state": {"mode": "shared", "postgres_url": "postgresql://db/rag"}, "api": {"keys_file": "keys.json"}},
-            "api.keys_file (one tenant per key) works in state.mode 'embedded' only",
-        ),
     ],
 )
 def test_shared_mode_refuses_what_cannot_be_shared(overrides: dict[str, dict[str, str]], message: str) -> None:
