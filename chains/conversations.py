@@ -10,6 +10,7 @@ turn is part of the history either way.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -90,6 +91,9 @@ async def open_checkpointer(path: Path) -> AsyncSqliteSaver:
         await (await connection.execute("SELECT count(*) FROM checkpoints")).fetchone()
     except sqlite3.DatabaseError as exc:
         await connection.close()
+        # A failed connect queues aiosqlite's stop without awaiting it: wait for the worker thread,
+        # or it outlives this loop and dies on "Event loop is closed" when it reports back.
+        await asyncio.to_thread(connection._thread.join, 10)
         raise ConversationStoreError(
             f"conversations database {path} is unreadable ({exc}); move it away to start with no history"
         ) from exc
