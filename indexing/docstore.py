@@ -128,7 +128,7 @@ class DocStore:
                 self._t.meta.create_all(conn)
         except sa.exc.OperationalError as exc:
             self._engine.dispose()
-            raise StoreUnavailableError(f"cannot open the docstore ({exc.orig or exc})") from None
+            raise StoreUnavailableError(f"cannot open the index docstore ({exc.orig or exc})") from None
 
     def close(self) -> None:
         self._engine.dispose()
@@ -211,8 +211,11 @@ class DocStore:
     def manifest_text(self) -> str | None:
         """The stored manifest (JSON), or None before the first ingest wrote one (shared mode)."""
         m = self._t.manifest
-        with self._engine.connect() as conn:
-            return conn.execute(sa.select(m.c.body).where(m.c.name == _MANIFEST_ROW)).scalar_one_or_none()
+        try:
+            with self._engine.connect() as conn:
+                return conn.execute(sa.select(m.c.body).where(m.c.name == _MANIFEST_ROW)).scalar_one_or_none()
+        except sa.exc.OperationalError as exc:  # every retrieval asks: a database outage must read as one
+            raise StoreUnavailableError(f"cannot read the index manifest ({exc.orig or exc})") from None
 
     def save_manifest(self, text: str) -> None:
         with self._engine.begin() as conn:

@@ -16,10 +16,11 @@ import pytest
 from pydantic import SecretStr
 
 from config.settings import IndexSettings
-from indexing import IndexNotFoundError, NotAnIndexError, open_retriever
+from indexing import IndexNotFoundError, NotAnIndexError, StoreUnavailableError, open_retriever
 from indexing.records import IndexRecords
 from indexing.report import IngestReport
 from indexing.retrieval import Mode
+from serving.launch import free_port
 from tests.indexing.test_ingest_interrupted import kill_at, write_long_corpus
 from tests.shared_servers import fresh_database
 
@@ -106,7 +107,7 @@ def test_two_collections_on_one_database_keep_their_own_records(
         assert not set(r1.docstore().sorted_chunk_ids()) & set(r2.docstore().sorted_chunk_ids())
 
 
-def test_a_missing_shared_index_and_a_foreign_local_folder_are_clear_errors(
+def test_a_missing_index_an_unreachable_database_and_a_foreign_local_folder_are_clear_errors(
     tmp_path: Path,
     settings: IndexSettings,
     on_server: Callable[..., IndexSettings],
@@ -114,6 +115,9 @@ def test_a_missing_shared_index_and_a_foreign_local_folder_are_clear_errors(
 ) -> None:
     with pytest.raises(IndexNotFoundError, match=r"no index for 127\.0\.0\.1:\d+/hosts-\w+ in PostgreSQL"):
         open_retriever(on_server(settings, tmp_path / "nothing-yet"))
+    nowhere = SecretStr(f"postgresql://rag@127.0.0.1:{free_port()}/rag")
+    with pytest.raises(StoreUnavailableError, match=r"cannot open the index docstore .*Connection refused"):
+        open_retriever(on_server(settings, tmp_path / "no-database", state_url=nowhere))
     busy = tmp_path / "thesis"
     busy.mkdir()
     (busy / "chapter1.tex").write_text("my work", encoding="utf-8")
