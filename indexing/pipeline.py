@@ -407,7 +407,7 @@ class _IngestRun:
         documents, chunks = docstore.counts()
         # Shared mode: each host derives BM25 from the docstore, so no folder here is authoritative.
         bm25_current = manifest.bm25_dir is not None and (
-            self.records.shared or (self.layout.bm25 / manifest.bm25_dir).is_dir()
+            self.records.shared or (self.records.bm25_root / manifest.bm25_dir).is_dir()
         )
         if (
             version != manifest.version
@@ -416,7 +416,7 @@ class _IngestRun:
         ):
             # Shared mode: a reader on this host may have cached this version already (same content).
             bm25.Bm25Index.build(docstore.chunk_tokens()).save(
-                self.layout.bm25 / version, replace=not self.records.shared
+                self.records.bm25_root / version, replace=not self.records.shared
             )
             updated = dataclasses.replace(
                 manifest,
@@ -429,7 +429,7 @@ class _IngestRun:
                 updated_at=now_iso(),
             )
             write_manifest(self.records.manifest_target, updated)
-            bm25.prune_versions(self.layout.bm25, keep={version, manifest.bm25_dir or version})
+            bm25.prune_versions(self.records.bm25_root, keep={version, manifest.bm25_dir or version})
         report.version, report.documents, report.chunks = version, documents, chunks
 
 

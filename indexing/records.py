@@ -30,8 +30,9 @@ TABLE_PREFIX = "ragindex_"
 """Shared mode: each index's tables are `ragindex_<hash of its name>_documents`, `..._chunks` and so on."""
 
 
-def table_prefix(name: str) -> str:
-    return f"{TABLE_PREFIX}{hashlib.sha256(name.encode()).hexdigest()[:12]}_"
+def index_hash(name: str) -> str:
+    """A short, stable tag for a shared index's name: in its table names and its BM25 cache folder."""
+    return hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 class IndexRecords:
@@ -69,13 +70,21 @@ class IndexRecords:
         if self._docstore is None:
             if self._url is not None:
                 url = sqlalchemy_url(self._url.get_secret_value())
-                self._docstore = DocStore(url, prefix=table_prefix(self.name))
+                self._docstore = DocStore(url, prefix=f"{TABLE_PREFIX}{index_hash(self.name)}_")
             else:
                 self._docstore = DocStore(self.layout.docstore, readonly=self._readonly)
         return self._docstore
 
     def has_docstore(self) -> bool:
         return self.shared or self.layout.docstore.is_file()
+
+    @property
+    def bm25_root(self) -> Path:
+        """Where BM25 folders go, one per index version. Shared mode: a subfolder per index, so two
+        collections cached in one `index_dir` never prune each other's versions."""
+        if self.shared:
+            return self.layout.bm25 / index_hash(self.name)
+        return self.layout.bm25
 
     @property
     def manifest_target(self) -> Path | ManifestRow:
@@ -151,17 +160,17 @@ class IndexRecords:
         the docstore may be ahead of the manifest: then the cache is of that newer content).
         """
         if not self.shared:
-            return Bm25Index.load(self.layout.bm25 / manifest.bm25_dir) if manifest.bm25_dir else Bm25Index([], None)
+            return Bm25Index.load(self.bm25_root / manifest.bm25_dir) if manifest.bm25_dir else Bm25Index([], None)
         try:
-            return Bm25Index.load(self.layout.bm25 / manifest.version)
+            return Bm25Index.load(self.bm25_root / manifest.version)
         except (OSError, ValueError):  # not cached on this host (or pruned by another local process meanwhile)
             pass
         corpus = list(self.docstore().chunk_tokens())
         version = content_version((chunk_id for chunk_id, _ in corpus), manifest.embed_model)
         index = Bm25Index.build(corpus)
         try:
-            index.save(self.layout.bm25 / version, replace=False)
-            prune_versions(self.layout.bm25, keep={version, manifest.version})
+            index.save(self.bm25_root / version, replace=False)
+            prune_versions(self.bm25_root, keep={version, manifest.version})
         except OSError as exc:  # only a cache: answer from memory, rebuild next time
-            log.warning("could not cache BM25 in %s (%s)", self.layout.bm25, exc)
+            log.warning("could not cache BM25 in %s (%s)", self.bm25_root, exc)
         return index

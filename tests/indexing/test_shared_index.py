@@ -70,7 +70,9 @@ def test_a_host_with_an_empty_folder_retrieves_what_the_ingesting_host_does(
             for mode in MODES:
                 assert ranked(b, query, mode) == ranked(a, query, mode), (query, mode)
         assert b.index_version == a.index_version == first.version
-        assert [p.name for p in (tmp_path / "host-b" / "bm25").iterdir()] == [first.version]  # derived, cached
+        cached = IndexRecords(host_b).bm25_root
+        assert cached.parent == tmp_path / "host-b" / "bm25"
+        assert [p.name for p in cached.iterdir()] == [first.version]  # derived, cached
         assert {p.source for p in b.retrieve(QUERIES[0], top_k=2, mode="bm25")} == {"sailing.docx"}
 
         (Path(settings.docs_dir) / "sailing.docx").unlink()
