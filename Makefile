@@ -192,5 +192,9 @@ bench-embed: $(VENV)/.installed ## Embedding backends: single-query latency, bat
 bench-shared-state: $(VENV)/.installed ## Shared vs embedded state: cache hit/store and turn-store latency, interleaved (needs postgres-start + chroma-server)
 	$(PY) -m bench.shared_state --postgres-url postgresql://rag@127.0.0.1:$(PG_PORT)/rag --chroma-port $(CHROMA_PORT)
 
+.PHONY: bench-shared-index
+bench-shared-index: $(VENV)/.installed ## Shared vs embedded index records: retrieval, manifest check, a new host's first query, BM25 rebuild (needs postgres-start + chroma-server)
+	$(PY) -m bench.shared_index --postgres-url postgresql://rag@127.0.0.1:$(PG_PORT)/rag --chroma-port $(CHROMA_PORT)
+
 clean: ## Remove built models and runtime data (keeps environments and sample docs)
 	rm -rf models/tiny-chat data/index data/cache data/conversations.sqlite data/app.sqlite* .run

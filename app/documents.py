@@ -25,8 +25,8 @@ from typing import Any, Literal, Protocol
 
 from app.errors import NotFoundError
 from config.settings import Settings
-from indexing.docstore import DocStore
 from indexing.layout import IndexLayout
+from indexing.records import IndexRecords
 from indexing.report import IngestReport
 from indexing.sources import FILE_TYPES, document_id, scan
 
@@ -264,13 +264,8 @@ class DocumentLibrary:
     # -- the documents ----------------------------------------------------------------------------
 
     def documents(self) -> list[DocumentInfo]:
-        if not self._layout.docstore.is_file():
-            return []
-        store = DocStore(self._layout.docstore, readonly=True)
-        try:
-            records = store.records()
-        finally:
-            store.close()
+        with IndexRecords(self._index, readonly=True) as index:
+            records = index.docstore().records() if index.has_docstore() else {}
         return [
             DocumentInfo(r.source, r.chunks, r.size, r.ingested_at, r.title, r.file_type)
             for r in sorted(records.values(), key=lambda r: r.source)

@@ -213,7 +213,7 @@ class IndexSettings(_Section):
     docs_dir: ProjectPath = Path("data/docs")
     """Default folder `make ingest` reads."""
     index_dir: ProjectPath = Path("data/index")
-    """Persistent index folder: Chroma, BM25, docstore and manifest."""
+    """Persistent index folder: Chroma, BM25, docstore and manifest; in shared mode only this host's BM25 cache."""
     collection: str = Field("documents", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
     """Chroma collection name."""
     chunk_size: int = Field(384, ge=32, le=8192)
@@ -252,7 +252,8 @@ class IndexSettings(_Section):
     dense_weight: float = Field(0.5, ge=0.0, le=1.0)
     """Convex fusion: weight of the cosine similarity; BM25, scaled by the query's best BM25 score, gets the rest."""
     state_url: SecretStr | None = None
-    """PostgreSQL holding the ingest lock across hosts; filled from `state.postgres_url` in shared mode."""
+    """PostgreSQL holding the ingest lock, docstore and manifest for all hosts; filled from `state.postgres_url`
+    in shared mode."""
     lock_wait_s: float = Field(600.0, ge=0, le=86400)
     """Shared mode: how long an ingest waits for another one's lock before giving up."""
 
@@ -445,8 +446,9 @@ class StateSettings(_Section):
 
     mode: Literal["embedded", "shared"] = "embedded"
     """`embedded`: SQLite files, embedded Chroma, a local cache folder (one API/UI process per data folder).
-    `shared`: PostgreSQL (conversations, turns, feedback, ingest lock, cache rows) and a Chroma server
-    (documents, cache vectors), so several API/UI replicas and hosts serve one state. See docs/scaling.md."""
+    `shared`: PostgreSQL (conversations, turns, feedback, ingest lock, index docstore and manifest, cache rows)
+    and a Chroma server (documents, cache vectors), so several API/UI replicas and hosts serve one state;
+    `index.index_dir` then caches only BM25 per host. See docs/scaling.md."""
     postgres_url: SecretStr | None = None
     """`postgresql://USER[:PASSWORD]@HOST:PORT/DB`, required in shared mode (`make postgres-start` prints one)."""
 

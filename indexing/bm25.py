@@ -55,17 +55,26 @@ class Bm25Index:
         model.index(tokens, show_progress=False)
         return cls(ids, model)
 
-    def save(self, folder: Path) -> None:
-        """Write to a temporary sibling, then rename: a reader never loads half an index."""
+    def save(self, folder: Path, *, replace: bool = True) -> None:
+        """Write to a temporary sibling, then rename: a reader never loads half an index.
+
+        `replace=False` keeps a folder already there (a cache of one index version, which another
+        process may have written first: same version, same content).
+        """
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             if self._model is not None:
                 self._model.save(str(tmp), show_progress=False)
             (tmp / _IDS_FILE).write_text(json.dumps(self.ids), encoding="utf-8")
-            if folder.exists():
+            if replace and folder.exists():
                 shutil.rmtree(folder)
-            tmp.rename(folder)
+            try:
+                tmp.rename(folder)
+            except OSError:
+                if replace or not folder.is_dir():
+                    raise
+                shutil.rmtree(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -80,34 +80,28 @@ def _ingest(settings: IndexSettings, args: argparse.Namespace) -> int:
 
 
 def _stats(settings: IndexSettings, args: argparse.Namespace) -> int:
-    from indexing.docstore import DocStore
-    from indexing.layout import IndexLayout
-    from indexing.manifest import read_manifest
+    from indexing.records import IndexRecords
     from indexing.store import close_client, existing_collection, open_client
 
-    layout = IndexLayout(settings.index_dir)
-    layout.require_index()
-    manifest = read_manifest(layout.manifest)
     by_type: dict[str, tuple[int, int]] = {}
-    if layout.docstore.is_file():
-        docstore = DocStore(layout.docstore, readonly=True)
-        try:
-            by_type = docstore.counts_by_type()
-            inflight = len(docstore.inflight())
-        finally:
-            docstore.close()
-    else:
-        inflight = 0
+    inflight = 0
+    with IndexRecords(settings, readonly=True) as records:
+        manifest = records.require_index()
+        if records.has_docstore():
+            by_type = records.docstore().counts_by_type()
+            inflight = len(records.docstore().inflight())
+        layout = records.layout
+        where = records.name
     client = open_client(settings, layout)
     try:
-        stored = existing_collection(client, settings.collection, str(layout.root)).count()
+        stored = existing_collection(client, settings.collection, where).count()
     finally:
         close_client(client)
     if args.json:
         data = {"manifest": vars(manifest), "by_type": by_type, "chroma_count": stored, "in_flight": inflight}
         print(json.dumps(data, indent=2, default=str))
         return 0
-    print(f"Index {layout.root} (collection {manifest.collection!r}, Chroma {manifest.chroma_mode})")
+    print(f"Index {where} (collection {manifest.collection!r}, Chroma {manifest.chroma_mode})")
     print(f"  version {manifest.version}, updated {manifest.updated_at}")
     print(f"  {manifest.documents} documents, {manifest.chunks} chunks; Chroma holds {stored}")
     print(

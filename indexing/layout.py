@@ -5,10 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from indexing.errors import IndexNotFoundError, NotAnIndexError
 
+if TYPE_CHECKING:
+    from config.settings import IndexSettings
+
 MANIFEST_NAME = "manifest.json"
+
+
+def shared_index_name(settings: IndexSettings) -> str:
+    """What names an index in shared mode, on every host alike: its Chroma server and collection.
+
+    The ingest lock and the docstore's PostgreSQL tables are keyed by it, so every host must
+    spell the server the same way (`index.chroma_host`, `index.chroma_port`).
+    """
+    return f"{settings.chroma_host}:{settings.chroma_port}/{settings.collection}"
 
 
 class FolderState(Enum):

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from indexing.errors import IndexLockedError, StoreUnavailableError
+from indexing.layout import shared_index_name
 from indexing.manifest import now_iso
 
 if TYPE_CHECKING:
@@ -118,5 +119,4 @@ def writer_lock(settings: IndexSettings, layout: IndexLayout) -> WriterLock | Sh
     """The lock the settings call for: PostgreSQL's in shared mode, a file in the index folder otherwise."""
     if settings.state_url is None:
         return WriterLock(layout.lock)
-    name = f"{settings.chroma_host}:{settings.chroma_port}/{settings.collection}"
-    return SharedWriterLock(settings.state_url.get_secret_value(), name, settings.lock_wait_s)
+    return SharedWriterLock(settings.state_url.get_secret_value(), shared_index_name(settings), settings.lock_wait_s)

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from indexing.errors import EmbeddingMismatchError, NotAnIndexError
 
@@ -59,61 +59,83 @@ def now_iso() -> str:
 
 
 def read_manifest(path: Path) -> Manifest:
+    """The manifest file of an embedded index; FileNotFoundError when there is none."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as exc:
         raise NotAnIndexError(f"{path} is unreadable ({exc}); the index folder is damaged or not an index") from None
+    return parse_manifest(text, str(path))
+
+
+def parse_manifest(text: str, where: str) -> Manifest:
+    """A manifest from its JSON; `where` names its file or row in errors."""
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise NotAnIndexError(f"{where} is unreadable ({exc}); the index is damaged or not an index") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise NotAnIndexError(f"{path} is not a manifest of this project (format {found!r}, expected {FORMAT!r})")
+        raise NotAnIndexError(f"{where} is not a manifest of this project (format {found!r}, expected {FORMAT!r})")
     names = {f.name for f in dataclasses.fields(Manifest)}
     try:
         return Manifest(**{k: v for k, v in raw.items() if k in names})
     except TypeError as exc:
-        raise NotAnIndexError(f"{path} is incomplete ({exc}); re-run the ingest to rewrite it") from None
+        raise NotAnIndexError(f"{where} is incomplete ({exc}); re-run the ingest to rewrite it") from None
 
 
 def read_manifest_for_model(path: Path, embed_model: str, embed_backend: str) -> Manifest:
-    """The manifest, refusing an index built with another embedding model or backend.
+    """The manifest file, refusing an index built with another embedding model or backend (`check_model`)."""
+    return check_model(read_manifest(path), f"the index at {path.parent}", embed_model, embed_backend)
+
+
+def check_model(manifest: Manifest, index: str, embed_model: str, embed_backend: str) -> Manifest:
+    """`manifest`, unless its index (`index` names it in errors) was built with another model or backend.
 
     Another model's vectors would match nothing. Another backend's match closely (the fp32 ONNX
     export reproduces torch; int8 does not quite), but an index is only known to be right when
     its chunks and its queries are embedded the same way, so that is refused too, not re-embedded:
     re-embedding means a full ingest, which should be asked for, not happen behind a query.
     """
-    manifest = read_manifest(path)
     if manifest.embed_model != embed_model:
         raise EmbeddingMismatchError(
-            f"the index at {path.parent} was built with embedding model {manifest.embed_model!r} "
+            f"{index} was built with embedding model {manifest.embed_model!r} "
             f"({manifest.embed_dimension}-d) but the settings ask for {embed_model!r}; queries embedded with "
             "another model would match nothing. Set index.embed_model back, or use another index.index_dir."
         )
     if manifest.embed_backend != embed_backend:
         raise EmbeddingMismatchError(
-            f"the index at {path.parent} was embedded with the {manifest.embed_backend!r} backend but "
+            f"{index} was embedded with the {manifest.embed_backend!r} backend but "
             f"index.embed_backend is {embed_backend!r}; chunks and queries must be embedded the same way. "
             f"Set index.embed_backend: {manifest.embed_backend} (RAG_INDEX__EMBED_BACKEND={manifest.embed_backend}), "
-            f"or ingest into a new index (another index.index_dir, or delete {path.parent} and ingest again)."
+            "or ingest into a new index (another index.index_dir, or another index.collection in shared mode)."
         )
     return manifest
 
 
-def write_manifest(path: Path, manifest: Manifest) -> None:
-    """Atomic replace, so a reader never sees half a manifest and a kill never leaves one."""
-    _atomic_write_json(path, dataclasses.asdict(manifest))
+class ManifestRow(Protocol):
+    """Where shared mode keeps the manifest: a row every host reads (the docstore's)."""
+
+    def save_manifest(self, text: str) -> None: ...
 
 
-def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def manifest_text(manifest: Manifest) -> str:
+    return json.dumps(dataclasses.asdict(manifest), indent=2, sort_keys=True) + "\n"
+
+
+def write_manifest(target: Path | ManifestRow, manifest: Manifest) -> None:
+    """Atomic replace of the file (or the row), so a reader never sees half a manifest and a kill never leaves one."""
+    if not isinstance(target, Path):
+        target.save_manifest(manifest_text(manifest))
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
+            fh.write(manifest_text(manifest))
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -33,12 +33,13 @@ from indexing import bm25
 from indexing.chunking import CHUNKER_VERSION, Chunker, effective_chunk_size, model_tokenizer
 from indexing.docstore import ChunkRow, DocRecord, DocStore, Inflight
 from indexing.errors import DiskFullError, UnreadableFileError
-from indexing.layout import FolderState, IndexLayout
-from indexing.lock import WriterLock, writer_lock
-from indexing.manifest import Manifest, content_version, now_iso, read_manifest_for_model, write_manifest
+from indexing.layout import FolderState
+from indexing.lock import writer_lock
+from indexing.manifest import Manifest, content_version, now_iso, write_manifest
 from indexing.metadata import CHUNK, DOC_HASH, SOURCE
 from indexing.progress import EmbedWithProgress, IngestProgress
 from indexing.readers import read_documents
+from indexing.records import IndexRecords
 from indexing.report import IngestReport
 from indexing.sources import FILE_TYPES, Problem, SourceFile, scan
 from indexing.store import close_client, collection_ids, create_collection, open_client
@@ -72,27 +73,28 @@ def ingest(
     problems (lock taken, folder not an index, other embedding model); per-file problems are in
     the report and never raise.
     """
-    layout = IndexLayout(settings.index_dir)
+    records = IndexRecords(settings)
+    layout = records.layout
     lock = writer_lock(settings, layout)
-    shared = not isinstance(lock, WriterLock)
-    # Embedded mode checks before its lock file goes into the folder. In shared mode another
-    # process may be starting this index right now (docstore there, manifest not yet): check once
-    # the lock is ours.
-    if not shared and layout.state() is FolderState.FOREIGN:
+    # Embedded mode checks before its lock file goes into the folder. In shared mode the local
+    # folder is only a cache, checked once the lock is ours.
+    if not records.shared and layout.state() is FolderState.FOREIGN:
         raise layout.foreign_error()
-    layout.root.mkdir(parents=True, exist_ok=True)
-    with lock:
-        if shared and layout.state() is FolderState.FOREIGN:
-            raise layout.foreign_error()
-        run = _IngestRun(settings, layout, embed_model, progress, on_stage)
-        roots = [Path(os.path.abspath(p)) for p in paths] if paths else [settings.docs_dir]
-        try:
-            return run.run(roots, prune)
-        except Exception as exc:
-            full = _disk_full(exc, layout.root)
-            if full is None:
-                raise
-            raise full from exc
+    with records:
+        if not records.shared:
+            layout.root.mkdir(parents=True, exist_ok=True)
+        with lock:
+            if records.shared and records.state() is FolderState.FOREIGN:
+                raise records.foreign_error()
+            run = _IngestRun(settings, records, embed_model, progress, on_stage)
+            roots = [Path(os.path.abspath(p)) for p in paths] if paths else [settings.docs_dir]
+            try:
+                return run.run(roots, prune)
+            except Exception as exc:
+                full = _disk_full(exc, layout.root)
+                if full is None:
+                    raise
+                raise full from exc
 
 
 LOW_SPACE_BYTES = 16 * 1024 * 1024
@@ -132,7 +134,7 @@ class _IngestRun:
     def __init__(
         self,
         settings: IndexSettings,
-        layout: IndexLayout,
+        records: IndexRecords,
         model: BaseEmbedding | None,
         progress: bool | None,
         on_stage: Callable[[Stage], None] | None,
@@ -140,7 +142,8 @@ class _IngestRun:
         from indexing.embeddings import embedding_backend
 
         self.settings = settings
-        self.layout = layout
+        self.records = records
+        self.layout = records.layout
         self._model = model
         self.backend = embedding_backend(model) if model is not None else settings.embed_backend
         self.progress = progress
@@ -165,9 +168,9 @@ class _IngestRun:
 
     def run(self, paths: list[Path], prune: bool) -> IngestReport:
         started = time.perf_counter()
-        manifest = self._checked_manifest()
+        manifest = self.records.manifest_for_model(self.settings.embed_model, self.backend)
         client = open_client(self.settings, self.layout)  # before writing anything: a dead server changes nothing
-        docstore = DocStore(self.layout.docstore)
+        docstore = self.records.docstore()
         try:
             manifest = manifest or self._new_manifest()
             report = IngestReport(index_dir=str(self.layout.root), version_before=manifest.version)
@@ -186,7 +189,7 @@ class _IngestRun:
                 self._prune(docstore, found.folders, seen, report)
             self._finish(manifest, docstore, report)
         finally:
-            docstore.close()
+            self.records.close()
             close_client(client)
         report.seconds = time.perf_counter() - started
         return report
@@ -197,12 +200,6 @@ class _IngestRun:
         return self._collection
 
     # -- setup --------------------------------------------------------------------------------
-
-    def _checked_manifest(self) -> Manifest | None:
-        if not self.layout.manifest.is_file():
-            return None
-        manifest = read_manifest_for_model(self.layout.manifest, self.settings.embed_model, self.backend)
-        return manifest
 
     def _new_manifest(self) -> Manifest:
         """Written before any chunk, so even a first ingest killed early leaves a recognisable index."""
@@ -224,7 +221,7 @@ class _IngestRun:
             created_at=stamp,
             updated_at=stamp,
         )
-        write_manifest(self.layout.manifest, manifest)
+        write_manifest(self.records.manifest_target, manifest)
         return manifest
 
     @property
@@ -408,13 +405,19 @@ class _IngestRun:
         """Rebuild BM25 and rewrite the manifest whenever the committed content moved."""
         version = content_version(docstore.sorted_chunk_ids(), self.settings.embed_model)
         documents, chunks = docstore.counts()
-        bm25_current = manifest.bm25_dir is not None and (self.layout.bm25 / manifest.bm25_dir).is_dir()
+        # Shared mode: each host derives BM25 from the docstore, so no folder here is authoritative.
+        bm25_current = manifest.bm25_dir is not None and (
+            self.records.shared or (self.records.bm25_root / manifest.bm25_dir).is_dir()
+        )
         if (
             version != manifest.version
             or not bm25_current
             or (documents, chunks) != (manifest.documents, manifest.chunks)
         ):
-            bm25.Bm25Index.build(docstore.chunk_tokens()).save(self.layout.bm25 / version)
+            # Shared mode: a reader on this host may have cached this version already (same content).
+            bm25.Bm25Index.build(docstore.chunk_tokens()).save(
+                self.records.bm25_root / version, replace=not self.records.shared
+            )
             updated = dataclasses.replace(
                 manifest,
                 version=version,
@@ -425,8 +428,8 @@ class _IngestRun:
                 bm25_dir=version,
                 updated_at=now_iso(),
             )
-            write_manifest(self.layout.manifest, updated)
-            bm25.prune_versions(self.layout.bm25, keep={version, manifest.bm25_dir or version})
+            write_manifest(self.records.manifest_target, updated)
+            bm25.prune_versions(self.records.bm25_root, keep={version, manifest.bm25_dir or version})
         report.version, report.documents, report.chunks = version, documents, chunks
 
 

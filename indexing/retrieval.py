@@ -1,15 +1,15 @@
 """Hybrid retrieval: dense (Chroma) and BM25 candidates, fused by score (default) or by rank.
 
-A retriever follows the index on disk: every call stats the manifest, and when another
-process has re-ingested (new version), it reopens Chroma and loads the new BM25 before
-answering. Embedded Chroma caches its vector index per process, so reopening is the only way
-to see another writer's chunks; all retrievers of one index in a process share one view.
+A retriever follows the index: every call checks the manifest (a `stat` of the file in embedded
+mode, one PostgreSQL query in shared mode), and when another process or host has re-ingested
+(new version), it reopens Chroma and loads the new BM25 before answering. Embedded Chroma caches
+its vector index per process, so reopening is the only way to see another writer's chunks; all
+retrievers of one index in a process share one view.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,9 +20,9 @@ import numpy as np
 from config.settings import IndexSettings
 from indexing.bm25 import Bm25Index
 from indexing.errors import EmbeddingMismatchError, IndexingError, IndexNotFoundError
-from indexing.layout import IndexLayout
-from indexing.manifest import Manifest, read_manifest_for_model
+from indexing.manifest import Manifest
 from indexing.metadata import CHUNK, HEADING, PAGE, SOURCE, TITLE, chroma_where
+from indexing.records import IndexRecords
 from indexing.store import close_client, collection_ids, existing_collection, open_client
 
 if TYPE_CHECKING:
@@ -62,38 +62,36 @@ class _View:
 
 
 class _SharedIndex:
-    """One process-wide view of an index folder, swapped for a new one when the manifest changes."""
+    """One process-wide view of an index, swapped for a new one when the manifest changes."""
 
-    def __init__(self, settings: IndexSettings, layout: IndexLayout, backend: str, key: tuple[Any, ...]) -> None:
+    def __init__(self, settings: IndexSettings, records: IndexRecords, backend: str, key: tuple[Any, ...]) -> None:
         self.settings = settings
-        self.layout = layout
+        self.records = records
+        self.layout = records.layout
         self.backend = backend
         self.key = key
         self.users = 0
         """Open retrievers on this view; the last one to close releases it."""
         self.lock = threading.RLock()
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: object | None = None
         self._view: _View | None = None
 
     def release(self) -> None:
-        """Close Chroma's client (its file handles in embedded mode) and drop the loaded BM25."""
+        """Close Chroma's client (its file handles in embedded mode), the docstore, and drop the loaded BM25."""
         with self.lock:
             if self._view is not None:
                 close_client(self._view.client)
             self._view, self._stamp = None, None
+            self.records.close()
 
     def current(self) -> _View:
-        """The view for the manifest on disk now (one `stat` when nothing changed). Hold `lock`."""
-        try:
-            st = os.stat(self.layout.manifest)
-        except FileNotFoundError:
-            raise IndexNotFoundError(
-                f"the index at {self.layout.root} is gone (no manifest); re-run the ingest"
-            ) from None
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if self._view is not None and stamp == self._stamp:
+        """The view for the manifest now (one `stat` or query when nothing changed). Hold `lock`."""
+        stamp = self.records.manifest_stamp()
+        if self._view is not None and stamp is not None and stamp == self._stamp:
             return self._view
-        manifest = read_manifest_for_model(self.layout.manifest, self.settings.embed_model, self.backend)
+        manifest = None if stamp is None else self.records.manifest_for_model(self.settings.embed_model, self.backend)
+        if manifest is None:
+            raise IndexNotFoundError(f"{self.records.description} is gone (no manifest); re-run the ingest")
         if self._view is not None and manifest.version == self._view.manifest.version:
             self._view = _View(manifest, self._view.client, self._view.collection, self._view.bm25)
         else:
@@ -109,18 +107,17 @@ class _SharedIndex:
             if old is not None:
                 close_client(old.client)  # drops this process's cached vector index of the old version
             client = open_client(self.settings, self.layout)
-        collection = existing_collection(client, self.settings.collection, str(self.layout.root))
-        bm25 = Bm25Index.load(self.layout.bm25 / manifest.bm25_dir) if manifest.bm25_dir else Bm25Index([], None)
-        return _View(manifest, client, collection, bm25)
+        collection = existing_collection(client, self.settings.collection, self.records.name)
+        return _View(manifest, client, collection, self.records.bm25(manifest))
 
 
 _shared: dict[tuple[Any, ...], _SharedIndex] = {}
 _shared_lock = threading.Lock()
 
 
-def _acquire_shared(settings: IndexSettings, layout: IndexLayout, backend: str) -> _SharedIndex:
+def _acquire_shared(settings: IndexSettings, records: IndexRecords, backend: str) -> _SharedIndex:
     key = (
-        str(layout.root.resolve()),
+        str(records.layout.root.resolve()),
         settings.collection,
         settings.embed_model,
         backend,
@@ -130,7 +127,9 @@ def _acquire_shared(settings: IndexSettings, layout: IndexLayout, backend: str) 
     )
     with _shared_lock:
         if key not in _shared:
-            _shared[key] = _SharedIndex(settings, layout, backend, key)
+            _shared[key] = _SharedIndex(settings, records, backend, key)
+        else:
+            records.close()
         shared = _shared[key]
         shared.users += 1
         return shared
@@ -261,10 +260,14 @@ def open_retriever(settings: IndexSettings, *, embed_model: BaseEmbedding | None
     """
     from indexing.embeddings import embedding_backend, embedding_dimension, load_embedding
 
-    layout = IndexLayout(settings.index_dir)
-    layout.require_index()
+    records = IndexRecords(settings, readonly=True)
+    try:
+        records.require_index()
+    except BaseException:
+        records.close()
+        raise
     backend = embedding_backend(embed_model) if embed_model is not None else settings.embed_backend
-    shared = _acquire_shared(settings, layout, backend)
+    shared = _acquire_shared(settings, records, backend)
     try:
         with shared.lock:
             manifest = shared.current().manifest
@@ -272,7 +275,7 @@ def open_retriever(settings: IndexSettings, *, embed_model: BaseEmbedding | None
         dimension = embedding_dimension(model)
         if dimension != manifest.embed_dimension:
             raise EmbeddingMismatchError(
-                f"the index at {layout.root} holds {manifest.embed_dimension}-d vectors but the embedding model "
+                f"{records.description} holds {manifest.embed_dimension}-d vectors but the embedding model "
                 f"gives {dimension}-d ones; it was built with {manifest.embed_model!r}"
             )
     except BaseException:

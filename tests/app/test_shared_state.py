@@ -17,12 +17,11 @@ from pathlib import Path
 import chromadb
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from app.store import ChatStore
-from config.settings import REPO_ROOT, sqlalchemy_url
-from indexing.docstore import DocStore
-from indexing.layout import IndexLayout
-from indexing.manifest import read_manifest
+from config.settings import REPO_ROOT, IndexSettings, sqlalchemy_url
+from indexing.records import IndexRecords
 from tests.app.api_server import API_KEY
 from tests.app.replicas import Replica, Shared, checkpointed_texts, shared_env, two_replicas
 from tests.llm_server import LLMServer
@@ -138,14 +137,17 @@ def test_two_ingests_at_once_on_the_chroma_server_both_finish_consistently(
 
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert waited, "the two ingests never met at the lock: the test did not exercise it"
-    layout = IndexLayout(tmp_path / "index")
-    manifest = read_manifest(layout.manifest)
-    store = DocStore(layout.docstore, readonly=True)
-    try:
-        chunk_ids = list(store.sorted_chunk_ids())
-        documents, chunks = store.counts()
-    finally:
-        store.close()
+    index = IndexSettings(
+        index_dir=tmp_path / "index",
+        collection="concurrent-ingest",
+        chroma_mode="http",
+        chroma_port=shared.chroma_port,
+        state_url=SecretStr(shared.postgres_url),
+    )
+    with IndexRecords(index) as records:  # in PostgreSQL: what every host reads
+        manifest = records.require_index()
+        chunk_ids = list(records.docstore().sorted_chunk_ids())
+        documents, chunks = records.docstore().counts()
     client = chromadb.HttpClient(host="127.0.0.1", port=shared.chroma_port)
     stored = client.get_collection("concurrent-ingest").get(include=[])["ids"]
     assert documents == len(halves) == manifest.documents

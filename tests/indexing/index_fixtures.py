@@ -126,8 +126,16 @@ def cli_env(settings: IndexSettings, **extra: str) -> dict[str, str]:
         RAG_INDEX__CHUNK_SIZE=str(settings.chunk_size),
         RAG_INDEX__CHUNK_OVERLAP=str(settings.chunk_overlap),
         RAG_INDEX__COMMIT_CHARS=str(settings.commit_chars),
+        RAG_INDEX__COLLECTION=settings.collection,
         **extra,
     )
+    if settings.state_url is not None:  # shared mode: the same PostgreSQL and Chroma server
+        env.update(
+            RAG_STATE__MODE="shared",
+            RAG_STATE__POSTGRES_URL=settings.state_url.get_secret_value(),
+            RAG_INDEX__CHROMA_HOST=settings.chroma_host,
+            RAG_INDEX__CHROMA_PORT=str(settings.chroma_port),
+        )
     return env
 
 
