@@ -1,134 +1,34 @@
 """`state.mode: shared` on real engines: two API replicas (two uvicorn processes of `app.api`)
 over one PostgreSQL (Debian's server on loopback) and one Chroma server, with the session's vLLM
-server answering. Each replica has its own cache folder, conversations file and turn-store file,
+server answering (the session's servers and replicas: tests/app/conftest.py, which also runs the
+API tests through these replicas). Each replica has its own cache folder, conversations file and turn-store file,
 so anything one replica sees of the other's work came through the shared servers."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import chromadb
 import httpx
 import pytest
 
 from app.store import ChatStore
-from config.settings import REPO_ROOT, sqlalchemy_url
+from config.settings import sqlalchemy_url
 from indexing.docstore import DocStore
 from indexing.layout import IndexLayout
 from indexing.manifest import read_manifest
-from serving.launch import free_port
-from tests.app.api_server import API_KEY
+from tests.app.replicas import AUTH, Replica, Shared, shared_env
 from tests.llm_server import LLMServer
-from tests.shared_servers import chroma_server, stop_process
 
 pytestmark = [pytest.mark.integration]
 
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 OTTER = b"# Otter rota\n\nThe river otters in enclosure nine are weighed every Thursday by keeper Marisol.\n"
-
-
-@dataclass
-class Shared:
-    postgres_url: str
-    chroma_port: int
-    root: Path
-
-
-@dataclass
-class Replica:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def chat(self, question: str, conversation_id: str | None = None, **extra: Any) -> dict[str, Any]:
-        body = {"messages": [{"role": "user", "content": question}], **extra}  # llm.max_tokens is small
-        if conversation_id:
-            body["conversation_id"] = conversation_id
-        response = httpx.post(f"{self.url}/v1/chat/completions", json=body, headers=AUTH, timeout=180)
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-
-def shared_env(shared: Shared, llm: LLMServer, own: Path) -> dict[str, str]:
-    """Settings of one process in shared mode: shared servers and folders, private local files."""
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "HF_HUB_OFFLINE": "1",
-        "RAG_PROFILE": "test",
-        "RAG_STATE__MODE": "shared",
-        "RAG_STATE__POSTGRES_URL": shared.postgres_url,
-        "RAG_INDEX__CHROMA_PORT": str(shared.chroma_port),
-        "RAG_INDEX__INDEX_DIR": str(shared.root / "index"),
-        "RAG_INDEX__DOCS_DIR": str(shared.root / "docs"),
-        "RAG_INDEX__TOP_K": "3",
-        "RAG_LLM__BASE_URL": llm.base_url,
-        "RAG_LLM__MODEL": llm.model,
-        "RAG_LLM__MAX_TOKENS": "16",
-        # Private per process: in shared mode none of these may be where shared state ends up.
-        "RAG_CACHE__DIR": str(own / "cache"),
-        "RAG_CHAINS__CONVERSATIONS_DB": str(own / "conversations.sqlite"),
-        "RAG_API__STORE_DB": str(own / "app.sqlite"),
-        "RAG_API__API_KEY": API_KEY,
-    }
-
-
-def start_replica(shared: Shared, llm: LLMServer, name: str) -> Replica:
-    own = shared.root / name
-    own.mkdir()
-    port = free_port()
-    log = own / "api.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.api", "--port", str(port)],
-            env=shared_env(shared, llm, own),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return Replica(f"http://127.0.0.1:{port}", proc, log)
-
-
-def wait_ready(replica: Replica, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            httpx.get(f"{replica.url}/health", timeout=5)
-            return
-        except httpx.HTTPError:
-            if replica.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"API replica did not start:\n{replica.log.read_text()[-3000:]}")
-            time.sleep(0.5)
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Shared]:
-    root = tmp_path_factory.mktemp("shared")
-    shutil.copytree(REPO_ROOT / "data" / "docs" / "user-guide", root / "docs" / "user-guide")
-    with chroma_server(root / "chroma") as port:
-        yield Shared(postgres_url, port, root)
-
-
-@pytest.fixture(scope="module")
-def replicas(shared: Shared, vllm_server: LLMServer) -> Iterator[tuple[Replica, Replica]]:
-    """Both start at once on an empty index: both build it, one after the other (the lock)."""
-    a, b = start_replica(shared, vllm_server, "a"), start_replica(shared, vllm_server, "b")
-    try:
-        wait_ready(a)
-        wait_ready(b)
-        yield a, b
-    finally:
-        stop_process(a.proc, 60)
-        stop_process(b.proc, 60)
 
 
 def test_a_conversation_started_on_one_replica_continues_on_the_other(
