@@ -32,8 +32,6 @@ from tests.shared_servers import stop_process
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 HOP_BY_HOP = {b"host", b"connection", b"keep-alive", b"content-length", b"transfer-encoding"}
 """Headers that describe one connection, not the request: the front sets its own."""
-SERVED_BY = "x-test-replica"
-"""Response header the front adds: which replica answered (for the tests' own checks)."""
 
 
 @dataclass
@@ -201,7 +199,6 @@ def round_robin_front(replicas: Sequence[Replica], served_by: list[str]) -> Fast
 
         response = StreamingResponse(relay(), status_code=answer.status_code)
         response.raw_headers = [(k, v) for k, v in answer.headers.raw if k.lower() not in HOP_BY_HOP]
-        response.raw_headers.append((SERVED_BY.encode(), replica.name.encode()))
         return response
 
     return app

@@ -104,6 +104,8 @@ def test_conversation_continues_by_header_and_by_field(api: ApiUnderTest) -> Non
         extra_body={"conversation_id": "continued-1"},
         **QUICK,
     )
+    if api.mode == "shared":
+        assert api.served_by[-1] != api.served_by[-2], "both turns were answered by one replica"
     assert [t.question for t in api.history("continued-1")] == ["How do I start?", "And then?"]
     with pytest.raises(openai.BadRequestError, match="disagree"):
         c.chat.completions.create(
