@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +31,9 @@ POOL_SIZE = 8
 T = TypeVar("T")
 SETUP_LOCK_KEY = 0x7261_6763_6861_7401
 """PostgreSQL advisory-lock key under which one process at a time creates the checkpoint tables."""
+SETUP_LOCK_WAIT_S = 120.0
+"""How long a process waits for another one's table setup (seconds; setup takes well under one)."""
+SETUP_LOCK_POLL_S = 0.05
 
 
 class ConversationStoreError(RuntimeError):
@@ -120,7 +124,7 @@ async def open_postgres_checkpointer(url: str) -> BaseCheckpointSaver[Any]:
         # Replicas starting together would run LangGraph's migrations at once ("duplicate key ...
         # checkpoint_migrations_pkey"): one at a time, under a session advisory lock.
         async with pool.connection() as conn:
-            await conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+            await _take_setup_lock(conn)
             try:
                 await saver.setup()
             finally:
@@ -129,6 +133,21 @@ async def open_postgres_checkpointer(url: str) -> BaseCheckpointSaver[Any]:
         await pool.close()
         raise ConversationStoreError(f"cannot open the conversations database in PostgreSQL ({exc})") from exc
     return saver
+
+
+async def _take_setup_lock(conn: Any) -> None:
+    """Poll for the setup lock instead of blocking in `pg_advisory_lock`: the holder's migrations
+    run `CREATE INDEX CONCURRENTLY`, which waits for every open statement to end, a waiter's
+    blocked lock call included, while that call waits for the holder: an undetected deadlock
+    (two replicas starting together hung for good). Short tries end between waits."""
+    deadline = time.monotonic() + SETUP_LOCK_WAIT_S
+    while True:
+        row = await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (SETUP_LOCK_KEY,))).fetchone()
+        if row["got"]:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"another process kept the checkpoint tables' setup lock for {SETUP_LOCK_WAIT_S:g} s")
+        await asyncio.sleep(SETUP_LOCK_POLL_S)
 
 
 async def close_checkpointer(saver: BaseCheckpointSaver[Any]) -> None:

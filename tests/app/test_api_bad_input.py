@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.app.api_server import API_KEY, RunningApi
+from tests.app.api_server import API_KEY
+from tests.app.replicas import ApiUnderTest
 from tests.app.test_api_documents import wait_for_job
 from tests.indexing.zip_bombs import docx_zip_bomb
 
@@ -38,7 +39,7 @@ def assert_error(response: httpx.Response, status: int, kind: str, *words: str) 
 
 
 @pytest.fixture
-def kept(api: RunningApi) -> Iterator[None]:
+def kept(api: ApiUnderTest) -> Iterator[None]:
     """After the test: every document listed before is still listed, and a conversation still answers."""
     listed = httpx.get(f"{api.base_url}/documents", headers=AUTH, timeout=60).json()["data"]
     before = {d["path"]: d["chunks"] for d in listed}
@@ -48,7 +49,7 @@ def kept(api: RunningApi) -> Iterator[None]:
     assert before.items() <= after.items(), "documents stored before the bad input were lost"
 
 
-def chat(api: RunningApi, **kwargs: Any) -> httpx.Response:
+def chat(api: ApiUnderTest, **kwargs: Any) -> httpx.Response:
     return httpx.post(
         f"{api.base_url}/chat/completions", headers={**AUTH, **kwargs.pop("headers", {})}, timeout=120, **kwargs
     )
@@ -66,7 +67,7 @@ class Streamed:
         return json.loads(self.body)
 
 
-def stream_body(api: RunningApi, path: str, headers: dict[str, str], head: bytes, declared: bool) -> Streamed:
+def stream_body(api: ApiUnderTest, path: str, headers: dict[str, str], head: bytes, declared: bool) -> Streamed:
     """POST a 1 GB body from a generator on a raw socket (an HTTP client would write it all before
     reading the answer), watching for the server's answer between chunks: what a server that
     stops reading looks like from outside."""
@@ -105,7 +106,7 @@ def stream_body(api: RunningApi, path: str, headers: dict[str, str], head: bytes
     return Streamed(int(head_part.split()[1]), body, sent)
 
 
-def test_malformed_json_and_invalid_utf8_are_400(api: RunningApi, kept: None) -> None:
+def test_malformed_json_and_invalid_utf8_are_400(api: ApiUnderTest, kept: None) -> None:
     json_headers = {"Content-Type": "application/json"}
     response = chat(api, content=b'{"messages": [{"role": "user", "content": "hi"}', headers=json_headers)
     assert_error(response, 400, "invalid_request_error", "JSON")
@@ -128,7 +129,7 @@ def test_malformed_json_and_invalid_utf8_are_400(api: RunningApi, kept: None) ->
         (None, "body"),
     ],
 )
-def test_wrong_types_are_400_naming_the_field(api: RunningApi, body: Any, field: str) -> None:
+def test_wrong_types_are_400_naming_the_field(api: ApiUnderTest, body: Any, field: str) -> None:
     assert_error(chat(api, json=body), 400, "invalid_request_error", field)
 
 
@@ -140,17 +141,17 @@ def test_wrong_types_are_400_naming_the_field(api: RunningApi, body: Any, field:
         ("application/xml", b"<m/>"),
     ],
 )
-def test_chat_in_another_content_type_is_refused(api: RunningApi, content_type: str, data: bytes) -> None:
+def test_chat_in_another_content_type_is_refused(api: ApiUnderTest, content_type: str, data: bytes) -> None:
     response = chat(api, content=data, headers={"Content-Type": content_type})
     assert_error(response, 415, "invalid_request_error", "application/json")
 
 
-def test_upload_that_is_not_multipart_is_refused(api: RunningApi, docs_dir: Path) -> None:
+def test_upload_that_is_not_multipart_is_refused(api: ApiUnderTest, docs_dir: Path) -> None:
     response = httpx.post(f"{api.base_url}/documents", json={"files": ["a.md"]}, headers=AUTH, timeout=60)
     assert_error(response, 415, "invalid_request_error", "multipart/form-data")
 
 
-def test_100000_character_question_is_answered_truncated_with_a_notice(api: RunningApi) -> None:
+def test_100000_character_question_is_answered_truncated_with_a_notice(api: ApiUnderTest) -> None:
     question = ("How do I add my own documents to the index? " * 2300)[:100_000]
     response = chat(api, json={"messages": [{"role": "user", "content": question}], "max_tokens": 8})
     assert response.status_code == 200, response.text
@@ -159,7 +160,7 @@ def test_100000_character_question_is_answered_truncated_with_a_notice(api: Runn
     assert body["choices"][0]["message"]["content"] and body["sources"]
 
 
-def test_control_characters_and_nul_bytes_are_removed_from_the_question(api: RunningApi, chat_service: Any) -> None:
+def test_control_characters_and_nul_bytes_are_removed_from_the_question(api: ApiUnderTest) -> None:
     question = "How do I\u0000 add\u001b[2J my own\u0007 documents?\u007f"
     response = chat(
         api, json={"messages": [{"role": "user", "content": question}], "max_tokens": 8, "use_cache": False}
@@ -167,11 +168,11 @@ def test_control_characters_and_nul_bytes_are_removed_from_the_question(api: Run
     assert response.status_code == 200, response.text
     body = response.json()
     assert "removed 4 control character(s) from the question" in body["notices"]
-    (turn,) = chat_service.history(body["conversation_id"])
+    (turn,) = api.history(body["conversation_id"])
     assert turn.question == "How do I add[2J my own documents?"
 
 
-def test_bad_conversation_header_is_400(api: RunningApi) -> None:
+def test_bad_conversation_header_is_400(api: ApiUnderTest) -> None:
     body = {"messages": [{"role": "user", "content": "hi"}]}
     for bad in ("../../etc/passwd", "x" * 200, "a b"):
         assert_error(
@@ -183,14 +184,14 @@ def test_bad_conversation_header_is_400(api: RunningApi) -> None:
     "authorization",
     ["", "Bearer", f"Basic {API_KEY}", f"Bearer {API_KEY.upper()}", f"Bearer {API_KEY}x", API_KEY, "Bearer caf\u00e9"],
 )
-def test_missing_or_wrong_bearer_token_is_401(api: RunningApi, authorization: str) -> None:
+def test_missing_or_wrong_bearer_token_is_401(api: ApiUnderTest, authorization: str) -> None:
     headers = [(b"Authorization", authorization.encode())] if authorization else []
     response = httpx.get(f"{api.base_url}/documents", headers=headers, timeout=30)
     assert_error(response, 401, "authentication_error", "API key")
     assert response.headers["www-authenticate"] == "Bearer"
 
 
-def test_key_is_accepted_only_in_the_authorization_header(api: RunningApi) -> None:
+def test_key_is_accepted_only_in_the_authorization_header(api: ApiUnderTest) -> None:
     assert httpx.get(f"{api.base_url}/documents", params={"api_key": API_KEY}, timeout=30).status_code == 401
     assert httpx.get(f"{api.base_url}/documents", headers={"X-Api-Key": API_KEY}, timeout=30).status_code == 401
     assert httpx.get(f"{api.base_url}/documents", headers={"Authorization": f"bearer  {API_KEY}"}).status_code == 200
@@ -208,9 +209,11 @@ def test_key_is_accepted_only_in_the_authorization_header(api: RunningApi) -> No
     ],
 )
 def test_traversal_in_delete_and_fetch_names_touches_nothing(
-    api: RunningApi, docs_dir: Path, path: str, kept: None
+    api: ApiUnderTest, docs_dir: Path, path: str, kept: None
 ) -> None:
-    outside = docs_dir.parent / "app.sqlite"
+    outside = docs_dir.parent / "app.sqlite"  # the turn store (embedded); shared mode keeps it in PostgreSQL
+    if api.mode == "shared":
+        outside.write_bytes(b"a file beside the documents folder that no request may reach")
     assert outside.is_file()
     response = httpx.delete(f"{api.base_url}/documents/{path}", headers=AUTH, timeout=60)
     assert_error(response, 404, "not_found_error", "no document")
@@ -218,8 +221,9 @@ def test_traversal_in_delete_and_fetch_names_touches_nothing(
     assert outside.is_file() and (docs_dir / "user-guide" / "getting-started.md").is_file()
 
 
+@pytest.mark.per_process  # each process refuses on its own socket; a front between would be what is measured
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
-def test_oversized_chat_body_is_refused_while_it_streams(api: RunningApi, declared: bool) -> None:
+def test_oversized_chat_body_is_refused_while_it_streams(api: ApiUnderTest, declared: bool) -> None:
     headers = {**AUTH, "Content-Type": "application/json"}
     answer = stream_body(api, "/chat/completions", headers, b'{"messages": [{"role": "user", "content": "', declared)
     assert answer.status == 413 and answer.json()["error"]["type"] == "request_too_large", answer
@@ -231,9 +235,10 @@ MULTIPART_HEAD = (
 )
 
 
+@pytest.mark.per_process  # as above
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
 def test_1gb_upload_is_refused_by_size_before_it_is_read(
-    api: RunningApi, docs_dir: Path, declared: bool, kept: None
+    api: ApiUnderTest, docs_dir: Path, declared: bool, kept: None
 ) -> None:
     headers = {**AUTH, "Content-Type": "multipart/form-data; boundary=XyZ"}
     answer = stream_body(api, "/documents", headers, MULTIPART_HEAD, declared)
@@ -246,7 +251,7 @@ def test_1gb_upload_is_refused_by_size_before_it_is_read(
 
 
 def test_uploaded_zip_bomb_fails_its_ingest_with_a_reason_and_keeps_the_rest(
-    api: RunningApi, docs_dir: Path, kept: None
+    api: ApiUnderTest, docs_dir: Path, kept: None
 ) -> None:
     bomb = docx_zip_bomb(40_000_000)  # 40 MB of text in about 40 kB: under the upload limit
     files = [("files", ("bomb.docx", bomb, "application/vnd.openxmlformats-officedocument.wordprocessingml.document"))]
@@ -260,7 +265,7 @@ def test_uploaded_zip_bomb_fails_its_ingest_with_a_reason_and_keeps_the_rest(
     assert all(d["path"] != "uploads/bomb.docx" for d in listed)
 
 
-def test_file_whose_content_is_not_its_type_fails_with_a_reason(api: RunningApi, kept: None) -> None:
+def test_file_whose_content_is_not_its_type_fails_with_a_reason(api: ApiUnderTest, kept: None) -> None:
     files = [("files", ("report.pdf", b"MZ\x90\x00\x03 this is a Windows program", "application/pdf"))]
     response = httpx.post(f"{api.base_url}/documents", files=files, headers=AUTH, timeout=60)
     assert response.status_code == 202, response.text
@@ -269,7 +274,7 @@ def test_file_whose_content_is_not_its_type_fails_with_a_reason(api: RunningApi,
     assert result["status"] == "failed" and "not a readable PDF" in result["reason"], result
 
 
-def test_the_server_still_answers_after_the_bad_input(api: RunningApi) -> None:
+def test_the_server_still_answers_after_the_bad_input(api: ApiUnderTest) -> None:
     started = time.monotonic()
     response = chat(
         api, json={"messages": [{"role": "user", "content": "Which file formats can it read?"}], "max_tokens": 8}

@@ -20,6 +20,7 @@ import pytest
 from config import load_settings
 from config.settings import Settings
 from tests.app.api_server import API_KEY, RunningApi, start_api
+from tests.app.replicas import ApiUnderTest
 from tests.app.tcp_proxy import TcpProxy
 from tests.llm_server import LLMServer
 
@@ -28,11 +29,11 @@ pytestmark = [pytest.mark.integration]
 QUICK = {"max_tokens": 16}
 
 
-def client(api: RunningApi, key: str = API_KEY) -> openai.OpenAI:
+def client(api: ApiUnderTest, key: str = API_KEY) -> openai.OpenAI:
     return openai.OpenAI(base_url=api.base_url, api_key=key, max_retries=0, timeout=120)
 
 
-def test_plain_completion_has_answer_sources_and_conversation(api: RunningApi, chat_service: Any) -> None:
+def test_plain_completion_has_answer_sources_and_conversation(api: ApiUnderTest) -> None:
     raw = client(api).chat.completions.with_raw_response.create(
         model="rag-model", messages=[{"role": "user", "content": "How do I add my own documents?"}], **QUICK
     )
@@ -50,12 +51,12 @@ def test_plain_completion_has_answer_sources_and_conversation(api: RunningApi, c
     assert completion.usage is not None and completion.usage.completion_tokens > 0
     assert extra["cached"] is False and extra["retrieval_only"] is False
     assert extra["timings"]["total_s"] > 0
-    history = chat_service.history(conversation_id)
+    history = api.history(conversation_id)
     assert [t.turn_id for t in history] == [extra["turn_id"]]
     assert completion.id == f"chatcmpl-{extra['turn_id']}"
 
 
-def test_streamed_completion_sends_passages_first_and_sources_last(api: RunningApi) -> None:
+def test_streamed_completion_sends_passages_first_and_sources_last(api: ApiUnderTest) -> None:
     stream = client(api).chat.completions.create(
         model="rag-model",
         messages=[{"role": "user", "content": "Which file formats can it read?"}],
@@ -75,7 +76,7 @@ def test_streamed_completion_sends_passages_first_and_sources_last(api: RunningA
     assert chunks[-1].choices[0].delta.model_extra["annotations"][0]["type"] == "url_citation"
 
 
-def test_stream_wire_format(api: RunningApi) -> None:
+def test_stream_wire_format(api: ApiUnderTest) -> None:
     body = {"messages": [{"role": "user", "content": "What is the python API?"}], "stream": True, **QUICK}
     headers = {"Authorization": f"Bearer {API_KEY}", "X-Conversation-Id": "wire-format-1"}
     with httpx.stream("POST", f"{api.base_url}/chat/completions", json=body, headers=headers, timeout=120) as r:
@@ -90,7 +91,7 @@ def test_stream_wire_format(api: RunningApi) -> None:
     assert json.loads(events[-2][6:])["conversation_id"] == "wire-format-1"
 
 
-def test_conversation_continues_by_header_and_by_field(api: RunningApi, chat_service: Any) -> None:
+def test_conversation_continues_by_header_and_by_field(api: ApiUnderTest) -> None:
     c = client(api)
     c.chat.completions.create(
         messages=[{"role": "user", "content": "How do I start?"}],
@@ -104,7 +105,9 @@ def test_conversation_continues_by_header_and_by_field(api: RunningApi, chat_ser
         extra_body={"conversation_id": "continued-1"},
         **QUICK,
     )
-    assert [t.question for t in chat_service.history("continued-1")] == ["How do I start?", "And then?"]
+    if api.mode == "shared":
+        assert api.served_by[-1] != api.served_by[-2], "both turns were answered by one replica"
+    assert [t.question for t in api.history("continued-1")] == ["How do I start?", "And then?"]
     with pytest.raises(openai.BadRequestError, match="disagree"):
         c.chat.completions.create(
             messages=[{"role": "user", "content": "x"}],
@@ -114,7 +117,7 @@ def test_conversation_continues_by_header_and_by_field(api: RunningApi, chat_ser
         )
 
 
-def test_client_kept_history_is_given_to_the_agent(api: RunningApi) -> None:
+def test_client_kept_history_is_given_to_the_agent(api: ApiUnderTest) -> None:
     """Without a conversation id, earlier messages are the history: the follow-up is condensed."""
     messages = [
         {"role": "system", "content": "ignored: the agent has its own system prompt"},
@@ -127,7 +130,7 @@ def test_client_kept_history_is_given_to_the_agent(api: RunningApi) -> None:
     assert timings["condense_s"] > 0, "a follow-up with history is rewritten into a standalone question"
 
 
-def test_bad_requests_get_openai_errors(api: RunningApi) -> None:
+def test_bad_requests_get_openai_errors(api: ApiUnderTest) -> None:
     c = client(api)
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
@@ -158,7 +161,7 @@ def test_bad_requests_get_openai_errors(api: RunningApi) -> None:
     assert response.status_code == 413
 
 
-def test_top_k_is_part_of_the_cache_scope(api: RunningApi) -> None:
+def test_top_k_is_part_of_the_cache_scope(api: ApiUnderTest) -> None:
     """An answer made from 2 passages is served again for top_k=2, never for top_k=8."""
     c = client(api)
     question = [{"role": "user", "content": "What does the cpu profile change about serving?"}]
@@ -181,12 +184,12 @@ def test_top_k_is_part_of_the_cache_scope(api: RunningApi) -> None:
     assert ask(8)["cached"] is True
 
 
-def test_models_list(api: RunningApi, vllm_server: LLMServer) -> None:
+def test_models_list(api: ApiUnderTest, vllm_server: LLMServer) -> None:
     models = client(api).models.list()
     assert [m.id for m in models.data] == [vllm_server.model]
 
 
-def test_auth_is_required_except_for_health(api: RunningApi) -> None:
+def test_auth_is_required_except_for_health(api: ApiUnderTest) -> None:
     with pytest.raises(openai.AuthenticationError):
         client(api, key="wrong-key").models.list()
     response = httpx.get(f"{api.base_url}/models", timeout=30)
@@ -200,7 +203,7 @@ def test_auth_is_required_except_for_health(api: RunningApi) -> None:
     assert health.json()["engine"]["ok"] is True
 
 
-def test_32_concurrent_chats_are_all_answered(api: RunningApi) -> None:
+def test_32_concurrent_chats_are_all_answered(api: ApiUnderTest) -> None:
     async def ask_all() -> list[Any]:
         async with openai.AsyncOpenAI(base_url=api.base_url, api_key=API_KEY, max_retries=0, timeout=300) as c:
             asks = [
@@ -342,7 +345,8 @@ def test_client_leaving_a_plain_completion_cancels_the_model_request(
     )
 
 
-def test_metrics_count_requests_turns_tokens_and_cache(api: RunningApi) -> None:
+@pytest.mark.per_process  # Prometheus counts per process: each replica is scraped on its own
+def test_metrics_count_requests_turns_tokens_and_cache(api: ApiUnderTest) -> None:
     c = client(api)
     for _ in range(2):  # the second, identical question is a cache hit
         c.chat.completions.create(

@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.app.api_server import API_KEY, UPLOAD_LIMIT_MB, RunningApi
+from tests.app.api_server import API_KEY, UPLOAD_LIMIT_MB
+from tests.app.replicas import ApiUnderTest
 
 pytestmark = [pytest.mark.integration]
 
@@ -18,7 +19,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 ZEBRA = b"# Zebra care\n\nZebras in the Okavango reserve are fed lucerne hay twice a day by the keepers.\n"
 
 
-def wait_for_job(api: RunningApi, job_id: str) -> dict[str, Any]:
+def wait_for_job(api: ApiUnderTest, job_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + 300
     while True:
         job = httpx.get(f"{api.base_url}/documents/jobs/{job_id}", headers=AUTH, timeout=30).json()
@@ -28,15 +29,25 @@ def wait_for_job(api: RunningApi, job_id: str) -> dict[str, Any]:
         time.sleep(0.2)
 
 
-def cited_files(api: RunningApi, question: str) -> set[str]:
+def cited_files(api: ApiUnderTest, question: str) -> set[str]:
     body = {"messages": [{"role": "user", "content": question}], "max_tokens": 8, "use_cache": False, "top_k": 5}
     response = httpx.post(f"{api.base_url}/chat/completions", json=body, headers=AUTH, timeout=120)
     response.raise_for_status()
     return {s["file"] for s in response.json()["sources"]}
 
 
-def test_upload_ingest_cite_delete(api: RunningApi, docs_dir: Path) -> None:
-    before = httpx.get(f"{api.base_url}/index", headers=AUTH, timeout=30).json()
+def index_state(api: ApiUnderTest) -> dict[str, Any]:
+    """/v1/index asked twice, without the cache part (its counters are per process): in shared mode
+    the two calls reach the two replicas, which must report the same index."""
+    first, second = (
+        {**httpx.get(f"{api.base_url}/index", headers=AUTH, timeout=30).json(), "cache": None} for _ in "ab"
+    )
+    assert first == second, "two replicas report different indexes"
+    return first
+
+
+def test_upload_ingest_cite_delete(api: ApiUnderTest, docs_dir: Path) -> None:
+    before = index_state(api)
     files = [("files", ("../../outside/zebra care.md", ZEBRA, "text/markdown"))]
     response = httpx.post(f"{api.base_url}/documents", files=files, headers=AUTH, timeout=60)
     assert response.status_code == 202, response.text
@@ -46,7 +57,7 @@ def test_upload_ingest_cite_delete(api: RunningApi, docs_dir: Path) -> None:
     job = wait_for_job(api, response.json()["job"]["id"])
     assert job["state"] == "done" and job["done"] == job["total"] == 1
     assert job["results"] == [{"path": "uploads/zebra care.md", "status": "added", "reason": None}]
-    after = httpx.get(f"{api.base_url}/index", headers=AUTH, timeout=30).json()
+    after = index_state(api)
     assert after["documents"] == before["documents"] + 1
     assert after["index_version"] != before["index_version"]
     listed = httpx.get(f"{api.base_url}/documents", headers=AUTH, timeout=30).json()["data"]
@@ -62,7 +73,7 @@ def test_upload_ingest_cite_delete(api: RunningApi, docs_dir: Path) -> None:
     assert "uploads/zebra care.md" not in cited_files(api, question)
     listed = httpx.get(f"{api.base_url}/documents", headers=AUTH, timeout=30).json()["data"]
     assert all(d["path"] != "uploads/zebra care.md" for d in listed)
-    final = httpx.get(f"{api.base_url}/index", headers=AUTH, timeout=30).json()
+    final = index_state(api)
     assert final["documents"] == before["documents"]
 
 
@@ -78,7 +89,7 @@ def test_upload_ingest_cite_delete(api: RunningApi, docs_dir: Path) -> None:
     ],
 )
 def test_hostile_upload_names_stay_inside_the_documents_folder(
-    api: RunningApi, docs_dir: Path, hostile: str, saved_as: str | None
+    api: ApiUnderTest, docs_dir: Path, hostile: str, saved_as: str | None
 ) -> None:
     response = httpx.post(
         f"{api.base_url}/documents",
@@ -97,7 +108,7 @@ def test_hostile_upload_names_stay_inside_the_documents_folder(
     wait_for_job(api, response.json()["job"]["id"])
 
 
-def test_oversize_and_bad_uploads_are_refused_and_write_nothing(api: RunningApi, docs_dir: Path) -> None:
+def test_oversize_and_bad_uploads_are_refused_and_write_nothing(api: ApiUnderTest, docs_dir: Path) -> None:
     big = b"x" * int(UPLOAD_LIMIT_MB * 1_000_000 + 1)
     response = httpx.post(
         f"{api.base_url}/documents", files=[("files", ("big.md", big, "text/markdown"))], headers=AUTH, timeout=60
@@ -116,7 +127,7 @@ def test_oversize_and_bad_uploads_are_refused_and_write_nothing(api: RunningApi,
     assert not (docs_dir / "uploads" / "f0.md").exists()
 
 
-def test_unknown_jobs_documents_and_traversal_are_404(api: RunningApi) -> None:
+def test_unknown_jobs_documents_and_traversal_are_404(api: ApiUnderTest) -> None:
     assert httpx.get(f"{api.base_url}/documents/jobs/nope", headers=AUTH).status_code == 404
     assert httpx.delete(f"{api.base_url}/documents/user-guide/nope.md", headers=AUTH).status_code == 404
     assert httpx.get(f"{api.base_url}/documents/..%2F..%2Fapp.sqlite", headers=AUTH).status_code == 404

@@ -12,14 +12,15 @@ import httpx
 import openai
 import pytest
 
-from tests.app.api_server import API_KEY, RunningApi
+from tests.app.api_server import API_KEY
+from tests.app.replicas import ApiUnderTest
 
 pytestmark = [pytest.mark.integration]
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
-def ask(api: RunningApi, question: str) -> dict[str, Any]:
+def ask(api: ApiUnderTest, question: str) -> dict[str, Any]:
     """The chat response's ids and question, as a client would keep them for rating."""
     client = openai.OpenAI(base_url=api.base_url, api_key=API_KEY, max_retries=0, timeout=120)
     completion = client.chat.completions.create(
@@ -29,13 +30,13 @@ def ask(api: RunningApi, question: str) -> dict[str, Any]:
     return {"conversation_id": extra["conversation_id"], "turn_id": extra["turn_id"]}
 
 
-def export(api: RunningApi, export_format: str) -> httpx.Response:
+def export(api: ApiUnderTest, export_format: str) -> httpx.Response:
     response = httpx.get(f"{api.base_url}/feedback", params={"format": export_format}, headers=AUTH, timeout=30)
     assert response.status_code == 200, response.text
     return response
 
 
-def test_rating_a_turn_and_exporting_it(api: RunningApi) -> None:
+def test_rating_a_turn_and_exporting_it(api: ApiUnderTest) -> None:
     turn = ask(api, "Where are uploaded files saved?")
     first = httpx.post(
         f"{api.base_url}/feedback", json={**turn, "score": -1, "comment": "cites the wrong file"}, headers=AUTH
@@ -59,7 +60,7 @@ def test_rating_a_turn_and_exporting_it(api: RunningApi) -> None:
     assert csv_row["score"] == "1" and csv_row["question"] == "Where are uploaded files saved?"
 
 
-def test_bad_feedback_is_refused_and_stores_nothing(api: RunningApi) -> None:
+def test_bad_feedback_is_refused_and_stores_nothing(api: ApiUnderTest) -> None:
     turn = ask(api, "Which file formats can it read?")
     before = export(api, "jsonl").text
     cases: list[tuple[dict[str, Any], int, str]] = [

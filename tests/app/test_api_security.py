@@ -13,7 +13,8 @@ from pydantic import SecretStr
 
 from app.redaction import REDACTED, redact
 from config.settings import Settings
-from tests.app.api_server import RunningApi, start_api
+from tests.app.api_server import start_api
+from tests.app.replicas import ApiUnderTest
 
 API_SECRET = "sk-test-SECRET-4c1f9a77e0"
 LLM_SECRET = "llm-SECRET-77aa90b1"
@@ -92,8 +93,9 @@ def test_redaction_covers_bearer_tokens_tenant_keys_and_query_keys() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.per_process  # CORS is each process's own middleware setting
 def test_cors_is_off_by_default_and_on_only_for_configured_origins(
-    api: RunningApi, api_settings: Settings, chat_service: Any
+    api: ApiUnderTest, api_settings: Settings, chat_service: Any
 ) -> None:
     from app.api import create_app
 

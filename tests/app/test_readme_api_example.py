@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from config.settings import REPO_ROOT
-from tests.app.api_server import API_KEY, RunningApi
+from tests.app.api_server import API_KEY
+from tests.app.replicas import ApiUnderTest
 
 pytestmark = [pytest.mark.integration]
 
@@ -27,7 +28,7 @@ def readme_blocks() -> tuple[str, str]:
     return bash, python
 
 
-def run(command: list[str], api: RunningApi, script: str) -> str:
+def run(command: list[str], api: ApiUnderTest, script: str) -> str:
     env = {**os.environ, "RAG_API_KEY": API_KEY}
     done = subprocess.run(
         command,
@@ -42,14 +43,14 @@ def run(command: list[str], api: RunningApi, script: str) -> str:
     return done.stdout
 
 
-def test_readme_curl_example(api: RunningApi) -> None:
+def test_readme_curl_example(api: ApiUnderTest) -> None:
     bash, _ = readme_blocks()
     answer, sources = run(["bash", "-euo", "pipefail"], api, bash).rstrip("\n").rsplit("\n", 1)
     assert answer.strip()
     assert sources.startswith("['user-guide/")
 
 
-def test_readme_openai_example(api: RunningApi) -> None:
+def test_readme_openai_example(api: ApiUnderTest) -> None:
     _, python = readme_blocks()
     out = run([sys.executable, "-"], api, python)
     assert out.startswith("Passages: ['user-guide/")

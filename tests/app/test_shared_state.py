@@ -1,6 +1,7 @@
 """`state.mode: shared` on real engines: two API replicas (two uvicorn processes of `app.api`)
 over one PostgreSQL (Debian's server on loopback) and one Chroma server, with the session's vLLM
-server answering. Each replica has its own cache folder, conversations file and turn-store file,
+server answering (the session's servers and replicas: tests/app/conftest.py, which also runs the
+API tests through these replicas). Each replica has its own cache folder, conversations file and turn-store file,
 so anything one replica sees of the other's work came through the shared servers."""
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import chromadb
@@ -20,32 +20,14 @@ import pytest
 from pydantic import SecretStr
 
 from app.store import ChatStore
-from config.settings import REPO_ROOT, IndexSettings, sqlalchemy_url
+from config.settings import IndexSettings, sqlalchemy_url
 from indexing.records import IndexRecords
-from tests.app.api_server import API_KEY
-from tests.app.replicas import Replica, Shared, checkpointed_texts, shared_env, two_replicas
+from tests.app.replicas import AUTH, Replica, Shared, checkpointed_texts, shared_env
 from tests.llm_server import LLMServer
-from tests.shared_servers import chroma_server
 
 pytestmark = [pytest.mark.integration]
 
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 OTTER = b"# Otter rota\n\nThe river otters in enclosure nine are weighed every Thursday by keeper Marisol.\n"
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Shared]:
-    root = tmp_path_factory.mktemp("shared")
-    shutil.copytree(REPO_ROOT / "data" / "docs" / "user-guide", root / "docs" / "user-guide")
-    with chroma_server(root / "chroma") as port:
-        yield Shared(postgres_url, port, root)
-
-
-@pytest.fixture(scope="module")
-def replicas(shared: Shared, vllm_server: LLMServer) -> Iterator[tuple[Replica, Replica]]:
-    """Both start at once on an empty index: both build it, one after the other (the lock)."""
-    with two_replicas(shared, vllm_server) as pair:
-        yield pair
 
 
 def test_a_conversation_started_on_one_replica_continues_on_the_other(

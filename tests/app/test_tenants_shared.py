@@ -27,7 +27,7 @@ from config import SettingsError, load_settings
 from config.settings import Settings, sqlalchemy_url
 from indexing.layout import IndexLayout
 from indexing.lock import writer_lock
-from tests.app.replicas import Replica, Shared, checkpointed_texts, two_replicas
+from tests.app.replicas import Replica, Shared, checkpointed_texts, replica_pair
 from tests.app.test_tenants import DOCS, QUESTION
 from tests.llm_server import LLMServer
 from tests.shared_servers import fresh_database
@@ -146,7 +146,7 @@ def tenants(
     for name, (file, text) in DOCS.items():
         settings[name].index.docs_dir.mkdir(parents=True)
         (settings[name].index.docs_dir / file).write_text(text, encoding="utf-8")
-    with two_replicas(Shared(database, chroma_port, root, keys.path), vllm_server) as (a, b):
+    with replica_pair(Shared(database, chroma_port, root, keys.path), vllm_server) as (a, b):
         yield Tenants(a, b, tokens, settings, database)
 
 
@@ -156,7 +156,7 @@ def _url(settings: Settings) -> str:
 
 
 @pytest.mark.integration
-def test_two_tenants_on_two_replicas_retrieve_cite_and_cache_only_their_own(tenants: Tenants) -> None:
+def test_two_tenants_on_replica_pair_retrieve_cite_and_cache_only_their_own(tenants: Tenants) -> None:
     a, b, keys = tenants.a, tenants.b, tenants.keys
 
     acme = a.chat(QUESTION, key=keys["acme"])
