@@ -55,6 +55,19 @@ endif
 tiny-model: $(VENV)/.installed ## Build the offline tiny random-weights chat model into models/tiny-chat
 	$(PY) -m serving tiny-model
 
+# The opt-in trained tiny model (issue 9): the chains render its training chats, serving trains it.
+# Both steps are cached: the chats by make (their inputs below), the model by a hash of its recipe.
+TINY_DATA   := models/tiny-data
+TINY_INPUTS := chains/synthetic.py chains/prompts.py chains/context.py chains/tools.py chains/results.py \
+               $(shell find data/docs -name '*.md' -o -name '*.txt')
+
+$(TINY_DATA)/eval.jsonl: $(TINY_INPUTS) | $(VENV)/.installed
+	$(PY) -m chains.synthetic --out $(TINY_DATA)
+
+.PHONY: tiny-model-trained
+tiny-model-trained: $(VENV)/.installed $(TINY_DATA)/eval.jsonl ## Train the opt-in extractive tiny model into models/tiny-trained (below target, issue 9; serve it with RAG_SERVING__MODEL=models/tiny-trained)
+	$(PY) -m serving train-tiny-model
+
 serve: install ## Run the vLLM server for the active profile in the foreground (PROFILE=..., RAG_SERVING__MODEL=...)
 	$(PY) -m serving serve $(if $(PROFILE),--profile $(PROFILE))
 
@@ -193,4 +206,4 @@ bench-shared-state: $(VENV)/.installed ## Shared vs embedded state: cache hit/st
 	$(PY) -m bench.shared_state --postgres-url postgresql://rag@127.0.0.1:$(PG_PORT)/rag --chroma-port $(CHROMA_PORT)
 
 clean: ## Remove built models and runtime data (keeps environments and sample docs)
-	rm -rf models/tiny-chat data/index data/cache data/conversations.sqlite data/app.sqlite* .run
+	rm -rf models/tiny-chat models/tiny-trained $(TINY_DATA) data/index data/cache data/conversations.sqlite data/app.sqlite* .run

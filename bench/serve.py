@@ -283,6 +283,76 @@ def context_token_ids(root_url: str, model: str, context: str) -> list[int]:
     return sorted(set(response.json()["tokens"]))
 
 
+RAG_CHATS = 12
+"""Held-out synthetic RAG turns (the chains' own prompts and tool schema) for the speculation row."""
+
+
+def rag_chats(n: int = RAG_CHATS) -> list[dict[str, Any]]:
+    """Answer turns as the agent sends them: system prompt, tool schema, numbered passages, question.
+
+    Held-out sentences only, so a trained tiny model (`RAG_SERVING__MODEL=models/tiny-trained`) is
+    measured on text it never saw in training."""
+    from chains.synthetic import Renderer
+
+    renderer = Renderer(SEED, held_out=True)
+    chats = [renderer.example("answer") for _ in range(n)]
+    return [{"messages": c["messages"][:-1], "tools": c["tools"]} for c in chats]
+
+
+async def rag_speculation(base_url: str, model: str, chats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Natural-length answers to real RAG turns, one at a time: TPOT inside vLLM, output tokens/s,
+    TTFT share, n-gram drafts and acceptances, and how many answers quote their prompt verbatim."""
+    client = AsyncOpenAI(base_url=base_url, api_key="EMPTY", timeout=600, max_retries=0)
+    root_url = base_url.removesuffix("/v1")
+
+    async def ask(chat: dict[str, Any]) -> tuple[Sample, str]:
+        started = time.perf_counter()
+        first: float | None = None
+        text, tokens = "", 0
+        stream = await client.chat.completions.create(
+            model=model,
+            messages=chat["messages"],
+            **({"tools": chat["tools"]} if chat["tools"] else {}),
+            max_completion_tokens=96,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                first = first or time.perf_counter()
+                text += chunk.choices[0].delta.content
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+        end = time.perf_counter()
+        return Sample(ttft_s=(first or end) - started, total_s=end - started, output_tokens=tokens), text
+
+    try:
+        await ask(chats[0])  # warm-up: fills the prefix cache with the system prompt and tools
+        before = scrape(root_url)
+        answers = [await ask(chat) for chat in chats]
+        after = scrape(root_url)
+    finally:
+        await client.close()
+    samples = [sample for sample, _ in answers]
+    quoted = 0
+    for (_, text), chat in zip(answers, chats, strict=True):
+        sentence = re.sub(r"\s*\[\d+\]$", "", text.strip())
+        quoted += bool(sentence) and sentence in chat["messages"][-1]["content"]
+    drafted, accepted = (delta(before, after, k) for k in SPEC_COUNTERS)
+    return {
+        "requests": len(samples),
+        "output_tokens": sum(s.output_tokens for s in samples),
+        "tpot_server_ms": 1000 * mean_delta(before, after, TPOT_HISTOGRAM),
+        "output_tok_s": sum(s.output_tokens for s in samples) / sum(s.total_s for s in samples),
+        "ttft_share_p50": statistics.median(s.ttft_s / s.total_s for s in samples),
+        "answer_p50_ms": 1000 * statistics.median(s.total_s for s in samples),
+        "draft_tokens": drafted,
+        "accepted_tokens": accepted,
+        "quoted_answers": quoted,
+    }
+
+
 def start(serving: ServingSettings, label: str) -> tuple[EngineServer, PeakMemory]:
     serving = serving.model_copy(update={"port": free_port(), "host": "127.0.0.1"})
     server = EngineServer(serving, log_path=serving.run_dir / f"bench-serve-{label}.log")
@@ -313,6 +383,7 @@ def run_started(profile: str) -> dict[str, Any]:
     prefix_prompts = [messages(context, q) for q in questions(12, seed=SEED + 1)]
     spec_prompts = [messages(context, q) for q in questions(6, seed=SEED + 2)]
     ttft_prompts = [messages(context, q) for q in questions(TTFT_REQUESTS, seed=SEED + 3)]
+    chats = rag_chats()
     chunking = {"stream_interval": interval} if interval > 1 else None
     result: dict[str, Any] = {"device": device, "servers": {}, "stream_interval": interval}
     for label, serving in tqdm(plan, desc="servers", disable=not sys.stderr.isatty()):
@@ -333,6 +404,7 @@ def run_started(profile: str) -> dict[str, Any]:
                 entry["quote_tpot_server_ms"] = 1000 * mean_delta(before, after, TPOT_HISTOGRAM)
                 entry["quote_total_p50_ms"] = 1000 * statistics.median(s.total_s for s in samples)
                 entry["spec_counters"] = {k.split(":")[1]: delta(before, after, k) for k in SPEC_COUNTERS}
+                entry["rag_speculation"] = asyncio.run(rag_speculation(url, model, chats))
             if label in ("base", "no-prefix"):
                 before = scrape(server.root_url)
                 samples = asyncio.run(sequential(url, model, prefix_prompts, PREFIX_OUTPUT_TOKENS))
@@ -373,6 +445,20 @@ def summarize(raw: dict[str, Any], profile: str, model: str) -> dict[str, Any]:
             "answer_p50_ms_on": spec["quote_total_p50_ms"],
             "draft_tokens": drafted,
             "draft_acceptance": accepted / drafted if drafted else 0.0,
+        }
+    if "spec" in servers and "rag_speculation" in servers["spec"]:
+        off, on = servers["base"]["rag_speculation"], servers["spec"]["rag_speculation"]
+        summary["rag_speculation"] = {
+            "tpot_ms_off": off["tpot_server_ms"],
+            "tpot_ms_on": on["tpot_server_ms"],
+            "speedup": off["tpot_server_ms"] / on["tpot_server_ms"],
+            "output_tok_s_off": off["output_tok_s"],
+            "output_tok_s_on": on["output_tok_s"],
+            "ttft_share_p50_off": off["ttft_share_p50"],
+            "ttft_share_p50_on": on["ttft_share_p50"],
+            "draft_tokens": on["draft_tokens"],
+            "draft_acceptance": on["accepted_tokens"] / on["draft_tokens"] if on["draft_tokens"] else 0.0,
+            "quoted_answers": f"{on['quoted_answers']}/{on['requests']}",
         }
     if "spec" in servers:
         summary["ttft_share_sequential"] = {"off": servers["base"]["ttft_share"], "on": servers["spec"]["ttft_share"]}
@@ -457,6 +543,16 @@ def table(report: dict[str, Any]) -> str:
             f"| n-gram speculation: TPOT in vLLM off / on | {sp['tpot_ms_off']:.2f} / {sp['tpot_ms_on']:.2f} ms "
             f"({sp['speedup']:.2f}x; {sp['draft_tokens']:.0f} draft tokens, "
             f"{100 * sp['draft_acceptance']:.0f} % accepted) | |"
+        )
+    if "rag_speculation" in s:
+        rs = s["rag_speculation"]
+        lines.append(
+            f"| n-gram speculation on RAG answers (natural length): TPOT in vLLM off / on "
+            f"| {rs['tpot_ms_off']:.2f} / {rs['tpot_ms_on']:.2f} ms ({rs['speedup']:.2f}x; "
+            f"{rs['output_tok_s_off']:.0f} / {rs['output_tok_s_on']:.0f} output tok/s; "
+            f"{rs['draft_tokens']:.0f} draft tokens, {100 * rs['draft_acceptance']:.0f} % accepted; "
+            f"TTFT share {100 * rs['ttft_share_p50_off']:.0f} / {100 * rs['ttft_share_p50_on']:.0f} %; "
+            f"answers quoting their passages {rs['quoted_answers']}) | TPOT gain |"
         )
     if "prefix_caching" in s:
         pc = s["prefix_caching"]

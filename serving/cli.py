@@ -33,6 +33,8 @@ from serving.launch import (
 )
 from serving.router import render_router_command, replica_urls, validate_router_command
 from serving.tiny_model import DEFAULT_DIR, build_tiny_model, is_built
+from serving.trained_model import DEFAULT_DATA, build_info, build_trained_model
+from serving.trained_model import DEFAULT_DIR as TRAINED_DIR
 
 log = logging.getLogger("serving")
 
@@ -78,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--quiet", action="store_true", help="print nothing when it is already built")
     tiny.add_argument("--force", action="store_true", help="rebuild even when present")
     tiny.add_argument("--path", type=Path, default=DEFAULT_DIR, help=f"target folder (default: {DEFAULT_DIR})")
+    trained = command(
+        "train-tiny-model", _train_tiny_model, "train the opt-in extractive tiny model (cached by its recipe hash)"
+    )
+    trained.add_argument("--quiet", action="store_true", help="print nothing when it is already built")
+    trained.add_argument("--force", action="store_true", help="retrain even when the same recipe is built")
+    trained.add_argument("--path", type=Path, default=TRAINED_DIR, help=f"target folder (default: {TRAINED_DIR})")
+    trained.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help=f"train.jsonl + eval.jsonl (default: {DEFAULT_DATA})"
+    )
     command(
         "pick-model",
         _pick_model,
@@ -223,6 +234,26 @@ def _tiny_model(args: argparse.Namespace) -> int:
         log.info("built the tiny random-weights chat model in %s (%.1f s)", args.path, time.monotonic() - started)
     elif not args.quiet:
         log.info("tiny model already present in %s", args.path)
+    return 0
+
+
+def _train_tiny_model(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    try:
+        built = build_trained_model(args.path, data_dir=args.data, force=args.force)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ServingError(str(exc)) from exc
+    if built:
+        exact = build_info(args.path)["held_out_exact_match"]
+        assert isinstance(exact, dict)
+        log.info(
+            "trained the tiny chat model into %s in %.0f s; held-out exact match: %s",
+            args.path,
+            time.monotonic() - started,
+            ", ".join(f"{kind} {value:.1%}" for kind, value in exact.items()),
+        )
+    elif not args.quiet:
+        log.info("tiny model of this recipe already built in %s", args.path)
     return 0
 
 

@@ -159,12 +159,12 @@ def _train_tokenizer() -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(corpus(), trainer=trainer)
     tok.add_tokens(TOOL_TOKENS)
     return tok
 
 
-def _corpus() -> list[str]:
+def corpus() -> list[str]:
     texts = [CHAT_TEMPLATE]
     for name in _CORPUS_MODULES:
         module = importlib.import_module(name)

@@ -38,6 +38,20 @@ def tiny_model_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_model_path() -> Path:
+    """The opt-in trained tiny model (issue 9), trained on first use; an unchanged recipe is not
+    retrained (`make tiny-model-trained` builds it ahead)."""
+    from chains.synthetic import main as render_chats
+    from serving.trained_model import DEFAULT_DATA, build_trained_model
+    from serving.trained_model import DEFAULT_DIR as TRAINED_DIR
+
+    if not (DEFAULT_DATA / "eval.jsonl").is_file():
+        render_chats(["--out", str(DEFAULT_DATA)])
+    build_trained_model(TRAINED_DIR, data_dir=DEFAULT_DATA)
+    return TRAINED_DIR
+
+
+@pytest.fixture(scope="session")
 def vllm_server(tiny_model_path: Path) -> Iterator[LLMServer]:
     external = os.environ.get("RAG_TEST_LLM_URL")
     if external:
