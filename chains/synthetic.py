@@ -38,7 +38,15 @@ from langchain_core.messages.utils import get_buffer_string
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from chains.context import PassageRegistry
-from chains.prompts import CONDENSE_TEMPLATE, NO_PASSAGES, SUMMARY_PROMPT, SYSTEM_PROMPT, question_with_context
+from chains.prompts import (
+    CONDENSE_TEMPLATE,
+    NO_PASSAGES,
+    SUMMARY_PROMPT,
+    SYSTEM_PROMPT,
+    UNTRUSTED_TEMPLATE,
+    question_with_context,
+    untrusted,
+)
 from chains.tools import make_search_tool
 from config.settings import REPO_ROOT
 from indexing.retrieval import Passage
@@ -113,8 +121,18 @@ def first_sentence(text: str) -> str:
     return paragraph[: end.end()] if end else paragraph
 
 
+_FENCE_HEAD, _FENCE_TAIL = UNTRUSTED_TEMPLATE.split("{passages}")
+
+
+def unfenced(context: str) -> str:
+    """The numbered passages inside the untrusted-data fence that prompts and tool results put
+    around them (`chains.prompts.untrusted`); unfenced text is returned as it is."""
+    return context.removeprefix(_FENCE_HEAD).removesuffix(_FENCE_TAIL)
+
+
 def answer_from(context: str) -> str:
-    """The answer to a prompt whose first numbered passage block starts `context`."""
+    """The answer to a prompt whose first numbered passage block starts `context` (fenced or not)."""
+    context = unfenced(context)
     if not context or context == NO_PASSAGES:
         return NO_ANSWER
     header, _, rest = context.partition("\n")
@@ -135,7 +153,7 @@ def tool_call_query(question: str, context: str) -> str | None:
     """The query the model must search for on a first call with tools, or None to answer: the
     question itself, final punctuation dropped (a copy of one span is what a tiny model learns;
     hybrid retrieval does not mind the "search for" words)."""
-    if search_query(question) is None and context != NO_PASSAGES:
+    if search_query(question) is None and unfenced(context) != NO_PASSAGES:
         return None
     return question.strip().rstrip("?.!").strip()
 
@@ -338,7 +356,7 @@ class Renderer:
         base = self.tool_call()
         messages = base["messages"]
         registry = self.registry()
-        prompt_context = messages[-2]["content"].split("\n\nQuestion: ", 1)[0].removeprefix("Passages:\n")
+        prompt_context = unfenced(messages[-2]["content"].split("\n\nQuestion: ", 1)[0].removeprefix("Passages:\n"))
         if prompt_context != NO_PASSAGES:  # the prefetched passages hold the first numbers
             registry.add(self.passage() for _ in range(prompt_context.count("\n\n[") + 1))
         result = NO_PASSAGES if self.rng.random() < 0.12 else self.context(registry)
@@ -349,7 +367,7 @@ class Renderer:
             "tools": [self.tool] if tools else None,
             "messages": [
                 *messages,
-                {"role": "tool", "tool_call_id": call_id, "content": result},
+                {"role": "tool", "tool_call_id": call_id, "content": untrusted(result)},  # as the tool returns it
                 {"role": "assistant", "content": answer_from(result)},
             ],
         }

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chains.prompts import CONDENSE_TEMPLATE, NO_PASSAGES, SUMMARY_PROMPT, SYSTEM_PROMPT
+from chains.prompts import CONDENSE_TEMPLATE, NO_PASSAGES, SUMMARY_PROMPT, SYSTEM_PROMPT, untrusted
 from chains.synthetic import (
     KINDS,
     NO_ANSWER,
@@ -22,6 +22,7 @@ from chains.synthetic import (
     summary_of,
     tool_call_query,
     tool_schema,
+    unfenced,
 )
 
 
@@ -91,6 +92,11 @@ def test_examples_use_the_chains_prompts_and_end_with_the_rule_answer(kind: str)
         elif kind == "tool_answer":
             assert messages[-2]["role"] == "tool"
             assert messages[-1]["content"] == answer_from(messages[-2]["content"])
+            result = unfenced(messages[-2]["content"])
+            assert messages[-2]["content"] == untrusted(result)  # fenced as the search tool returns it
+            prompt = unfenced(last_user["content"].split("\n\nQuestion: ", 1)[0].removeprefix("Passages:\n"))
+            if prompt == NO_PASSAGES and result != NO_PASSAGES:
+                assert result.startswith("[1] ")  # nothing shown before: the tool's passages are numbered from 1
         else:
             context = last_user["content"].split("\n\nQuestion: ", 1)[0].removeprefix("Passages:\n")
             assert messages[-1]["content"] == answer_from(context)
