@@ -456,7 +456,7 @@ def write_jsonl(path: Path, examples: Iterator[dict[str, Any]]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chains.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "tiny-data")
-    parser.add_argument("--train", type=int, default=4000, help="training examples")
+    parser.add_argument("--train", type=int, default=16000, help="training examples")
     parser.add_argument("--eval-per-kind", type=int, default=50, help="held-out examples per behaviour")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
