@@ -13,6 +13,7 @@ after a reload or a restart, and the documents library (uploads, ingest jobs, de
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -27,7 +28,7 @@ import httpx
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from app.documents import DocumentInfo, DocumentLibrary, IngestJob, SavedFile
-from app.store import ChatStore, ChatTurn, ConversationInfo, store_url, write_rows
+from app.store import ChatStore, ChatTurn, ConversationInfo, TurnStoreError, store_url, write_rows
 from chains import RagAgent, Source, Timings, TurnResult
 from chains.questions import QuestionError, conversation_id_or_new
 from config.settings import Settings
@@ -158,8 +159,7 @@ class ChatService:
         with closing(pieces):
             try:
                 for piece in pieces:
-                    recorder.add(piece)
-                    yield piece
+                    yield recorder.add(piece)
             except GeneratorExit:
                 recorder.stopped()
                 raise
@@ -192,10 +192,9 @@ class ChatService:
             try:
                 async for piece in pieces:
                     if isinstance(piece, TurnResult):
-                        await asyncio.to_thread(recorder.add, piece)
+                        yield await asyncio.to_thread(recorder.add, piece)
                     else:
-                        recorder.add(piece)
-                    yield piece
+                        yield recorder.add(piece)
             except (GeneratorExit, asyncio.CancelledError):
                 recorder.stopped()  # synchronous: a cancelled task cannot await
                 raise
@@ -399,14 +398,22 @@ class _TurnRecorder:
         if self._on_sources is not None:
             self._on_sources(sources)
 
-    def add(self, piece: Piece) -> None:
+    def add(self, piece: Piece) -> Piece:
+        """The piece to pass on: the result gains a notice when the turn store could not save it
+        (the answer was generated and the agent's memory holds it: it is served, not failed)."""
         if isinstance(piece, TurnResult):
             self._done = True
-            self._store.record_turn(self.conversation_id, _turn_from_result(self.turn_id, piece))
-            return
+            try:
+                self._store.record_turn(self.conversation_id, _turn_from_result(self.turn_id, piece))
+            except TurnStoreError as exc:
+                log.warning("conversation %s: %s", self.conversation_id, exc)
+                notice = f"{exc}; it will not show when the conversation is reopened"
+                return dataclasses.replace(piece, notices=(*piece.notices, notice))
+            return piece
         if self._first_at is None:
             self._first_at = time.perf_counter()
         self._pieces.append(piece)
+        return piece
 
     def stopped(self) -> None:
         if self._done:

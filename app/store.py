@@ -81,6 +81,10 @@ TITLE_CHARS = 80
 MAX_COMMENT_CHARS = 2000
 
 
+class TurnStoreError(RuntimeError):
+    """The turn store could not save a turn (database locked by another writer, or damaged)."""
+
+
 class UnknownTurnError(NotFoundError):
     """No such conversation or turn."""
 
@@ -162,23 +166,26 @@ class ChatStore:
         }
         # No other writer between reading seq and writing it: SQLite takes the write lock at BEGIN
         # IMMEDIATE; PostgreSQL's upsert locks the conversation row until the commit.
-        with self._engine.connect().execution_options(immediate=True) as conn, conn.begin():
-            conversation = self._insert(_CONVERSATIONS).values(
-                id=conversation_id, title=_title(turn.question), created_at=now, updated_at=now
-            )
-            conn.execute(
-                conversation.on_conflict_do_update(
-                    index_elements=["id"], set_={"updated_at": conversation.excluded.updated_at}
+        try:
+            with self._engine.connect().execution_options(immediate=True) as conn, conn.begin():
+                conversation = self._insert(_CONVERSATIONS).values(
+                    id=conversation_id, title=_title(turn.question), created_at=now, updated_at=now
                 )
-            )
-            seq = conn.execute(
-                sa.select(sa.func.coalesce(sa.func.max(_TURNS.c.seq), 0) + 1).where(
-                    _TURNS.c.conversation_id == conversation_id
+                conn.execute(
+                    conversation.on_conflict_do_update(
+                        index_elements=["id"], set_={"updated_at": conversation.excluded.updated_at}
+                    )
                 )
-            ).scalar_one()
-            insert = self._insert(_TURNS).values(seq=seq, **row)
-            replaced = {k: insert.excluded[k] for k in row if k not in ("conversation_id", "turn_id")}
-            conn.execute(insert.on_conflict_do_update(index_elements=["conversation_id", "turn_id"], set_=replaced))
+                seq = conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.max(_TURNS.c.seq), 0) + 1).where(
+                        _TURNS.c.conversation_id == conversation_id
+                    )
+                ).scalar_one()
+                insert = self._insert(_TURNS).values(seq=seq, **row)
+                replaced = {k: insert.excluded[k] for k in row if k not in ("conversation_id", "turn_id")}
+                conn.execute(insert.on_conflict_do_update(index_elements=["conversation_id", "turn_id"], set_=replaced))
+        except sa.exc.DatabaseError as exc:  # locked by another writer past the busy timeout, or damaged
+            raise TurnStoreError(f"the turn could not be saved to the history ({exc.orig})") from exc
 
     def turns(self, conversation_id: str) -> list[ChatTurn]:
         t, f = _TURNS, _FEEDBACK

@@ -5,6 +5,7 @@ what is stored and served, never wording)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sqlite3
@@ -173,3 +174,49 @@ def test_locked_conversations_database_is_a_clear_503_and_loses_nothing(make_set
             api.stop()
     with RagAgent.from_settings(settings) as agent:  # the model's memory of both: two full turns each
         assert [len(agent.history(cid)) for cid in ("first", "second")] == [4, 4]
+
+
+@pytest.mark.timeout(240)
+def test_locked_turn_store_serves_the_answer_with_a_notice_and_loses_nothing(make_settings: SettingsFactory) -> None:
+    """The turn store (`api.store_db`: what the UI redraws and the API lists) locked by another
+    writer: the answer was made and the agent remembers it, so it is served, saying it was not saved
+    (it was a 500, or a stream that ended with no result and no word); other turns stay."""
+    from app.api import create_app
+    from app.service import ChatService
+
+    settings = make_settings(cache={"enabled": False}, llm={"max_tokens": 8})
+    with ChatService.from_settings(settings) as service:
+        api = start_api(create_app(settings, service))
+        try:
+            assert _ask(api.base_url, "kept", QUESTIONS[0]).status_code == 200
+            holder = sqlite3.connect(settings.api.store_db, isolation_level=None)
+            holder.execute("BEGIN EXCLUSIVE")  # another process writes the store and does not let go
+            try:
+                plain = _ask(api.base_url, "unsaved", QUESTIONS[1])
+                with httpx.stream(
+                    "POST",
+                    f"{api.base_url}/chat/completions",
+                    json={"messages": [{"role": "user", "content": QUESTIONS[2]}], "stream": True},
+                    headers={"X-Conversation-Id": "unsaved-stream"},
+                    timeout=120,
+                ) as response:
+                    assert response.status_code == 200
+                    events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+            finally:
+                holder.rollback()
+                holder.close()
+            assert plain.status_code == 200, plain.text
+            final = events[-1]
+            for result in (plain.json(), final):
+                assert not result["retrieval_only"] and result["sources"]
+                (notice,) = [n for n in result["notices"] if "could not be saved" in n]
+                assert "database is locked" in notice and "reopened" in notice
+            assert plain.json()["choices"][0]["message"]["content"]
+            assert "error" not in final and final["choices"][0]["finish_reason"] == "stop"
+
+            assert _ask(api.base_url, "unsaved", QUESTIONS[0]).status_code == 200  # released: saved again
+            assert [len(service.history(c)) for c in ("kept", "unsaved", "unsaved-stream")] == [1, 1, 0]
+        finally:
+            api.stop()
+    with RagAgent.from_settings(settings) as agent:  # the model's memory kept every turn
+        assert [len(agent.history(c)) for c in ("kept", "unsaved", "unsaved-stream")] == [2, 4, 2]
